@@ -1,0 +1,1 @@
+"""Host configuration shared by the Functions app, the local runner and the infrastructure."""

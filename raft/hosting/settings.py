@@ -1,0 +1,93 @@
+"""Every app setting the Functions app reads, with its default.
+
+The Bicep template (`infra/`), `local.settings.json.example` and the tests are checked against
+this module, so a setting is named in exactly one place.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+SERVER_COUNT = "RAFT_SERVER_COUNT"
+TOPIC = "RAFT_TOPIC"
+TABLE = "RAFT_TABLE"
+TIMER_SCHEDULE = "RAFT_TIMER_SCHEDULE"
+ELECTION_TIMEOUT_MS = "RAFT_ELECTION_TIMEOUT_MS"
+HEARTBEAT_MS = "RAFT_HEARTBEAT_MS"
+HTTP_WAIT_S = "RAFT_HTTP_WAIT_S"
+MAX_COMMAND_BYTES = "RAFT_MAX_COMMAND_BYTES"
+MESSAGE_TTL_S = "RAFT_MESSAGE_TTL_S"
+
+# Binding connection names (Functions convention: NAME holds a connection string, or
+# NAME__fullyQualifiedNamespace / NAME__tableServiceUri / NAME__accountName for identity).
+SERVICE_BUS_CONNECTION = "ServiceBusConnection"
+STORAGE_CONNECTION = "RaftStorage"
+
+DEFAULTS: dict[str, str] = {
+    SERVER_COUNT: "5",
+    TOPIC: "rafttopic",
+    TABLE: "raftstate",
+    # NCRONTAB with seconds: every second.
+    TIMER_SCHEDULE: "*/1 * * * * *",
+    # Several timer periods plus a bus hop (DESIGN.md): the timer fires at most once a second.
+    ELECTION_TIMEOUT_MS: "6000",
+    HEARTBEAT_MS: "1000",
+    HTTP_WAIT_S: "20",
+    MAX_COMMAND_BYTES: "16384",
+    MESSAGE_TTL_S: "120",
+}
+
+# Application property on every Service Bus message naming the server it is for; each
+# subscription's correlation filter matches it.
+ADDRESSEE_PROPERTY = "addressee"
+SUBSCRIPTION_RULE = "addressee"
+
+
+def server_ids(count: int) -> list[str]:
+    """Server ids, which are also the subscription names: server-1 .. server-N."""
+    return [f"server-{i}" for i in range(1, count + 1)]
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    server_count: int
+    topic: str
+    table: str
+    timer_schedule: str
+    election_timeout_ms: int
+    heartbeat_ms: int
+    http_wait_s: float
+    max_command_bytes: int
+    message_ttl_s: int
+
+    @property
+    def servers(self) -> list[str]:
+        return server_ids(self.server_count)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> AppSettings:
+        source = os.environ if env is None else env
+
+        def get(name: str) -> str:
+            return source.get(name) or DEFAULTS[name]
+
+        settings = cls(
+            server_count=int(get(SERVER_COUNT)),
+            topic=get(TOPIC),
+            table=get(TABLE),
+            timer_schedule=get(TIMER_SCHEDULE),
+            election_timeout_ms=int(get(ELECTION_TIMEOUT_MS)),
+            heartbeat_ms=int(get(HEARTBEAT_MS)),
+            http_wait_s=float(get(HTTP_WAIT_S)),
+            max_command_bytes=int(get(MAX_COMMAND_BYTES)),
+            message_ttl_s=int(get(MESSAGE_TTL_S)),
+        )
+        if settings.server_count < 1 or settings.server_count > 15:
+            raise ValueError(f"{SERVER_COUNT} must be between 1 and 15, got {settings.server_count}")
+        if settings.heartbeat_ms * 3 > settings.election_timeout_ms:
+            raise ValueError(f"{ELECTION_TIMEOUT_MS} must be at least 3x {HEARTBEAT_MS}")
+        if not 0 < settings.http_wait_s < 200:
+            raise ValueError(f"{HTTP_WAIT_S} must be under the platform's 230 s HTTP limit")
+        return settings
