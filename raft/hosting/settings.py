@@ -85,7 +85,9 @@ class AppSettings:
             message_ttl_s=int(get(MESSAGE_TTL_S)),
         )
         if settings.server_count < 1 or settings.server_count > 15:
-            raise ValueError(f"{SERVER_COUNT} must be between 1 and 15, got {settings.server_count}")
+            raise ValueError(
+                f"{SERVER_COUNT} must be between 1 and 15, got {settings.server_count}"
+            )
         if settings.heartbeat_ms * 3 > settings.election_timeout_ms:
             raise ValueError(f"{ELECTION_TIMEOUT_MS} must be at least 3x {HEARTBEAT_MS}")
         if not 0 < settings.http_wait_s < 200:

@@ -1,0 +1,76 @@
+"""An in-memory store with the same semantics as the Table Storage adapter: whole-change
+atomic saves, conditional on a version, and copies in and out so no caller shares state."""
+
+from __future__ import annotations
+
+import copy
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from raft.core.messages import Entry
+from raft.ports.store import Change, ClientResult, StoredServer, VersionConflict
+
+
+@dataclass
+class _Record:
+    version: int
+    state: dict[str, Any]
+    log: list[Entry]
+    snapshot: str | None
+    results: dict[str, ClientResult] = field(default_factory=dict)
+
+
+class InMemoryStore:
+    def __init__(self) -> None:
+        self._records: dict[str, _Record] = {}
+        self._lock = threading.Lock()
+        # Counted for the benchmarks: successful saves, and conflicts.
+        self.saves = 0
+        self.conflicts = 0
+
+    def load(self, server_id: str) -> StoredServer | None:
+        with self._lock:
+            record = self._records.get(server_id)
+            if record is None:
+                return None
+            return StoredServer(
+                version=str(record.version),
+                state=copy.deepcopy(record.state),
+                log=list(record.log),
+                snapshot=record.snapshot,
+            )
+
+    def save(self, server_id: str, expected_version: str | None, change: Change) -> str:
+        with self._lock:
+            record = self._records.get(server_id)
+            current = None if record is None else str(record.version)
+            if current != expected_version:
+                self.conflicts += 1
+                raise VersionConflict(
+                    f"{server_id}: expected version {expected_version}, found {current}"
+                )
+            if record is None:
+                record = _Record(0, {}, [], None)
+                self._records[server_id] = record
+            record.version += 1
+            record.state = copy.deepcopy(change.state)
+            if change.log_from is not None:
+                del record.log[change.log_from - 1 :]
+                record.log.extend(change.entries)
+            if change.snapshot is not None:
+                record.snapshot = change.snapshot
+            for result in change.results:
+                record.results[result.client_id] = result
+            self.saves += 1
+            return str(record.version)
+
+    def read_state(self, server_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            record = self._records.get(server_id)
+            return None if record is None else copy.deepcopy(record.state)
+
+    def read_result(self, server_id: str, client_id: str) -> ClientResult | None:
+        with self._lock:
+            record = self._records.get(server_id)
+            return None if record is None else record.results.get(client_id)

@@ -1,0 +1,86 @@
+"""The default application: a key-value store with put, get, delete and compare-and-set.
+
+Commands and results are JSON objects::
+
+    {"op": "put", "key": "k", "value": <any JSON>}  -> {"ok": true, "previous": <old or null>}
+    {"op": "get", "key": "k"}                       -> {"ok": true, "found": bool, "value": ...}
+    {"op": "delete", "key": "k"}                    -> {"ok": true, "found": bool}
+    {"op": "cas", "key": "k", "expected": <JSON or null for absent>, "value": <JSON>}
+                                                    -> {"ok": swapped, "value": <current>}
+
+Gets go through the log like every other command, so reads are linearizable.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from raft.app.state_machine import CommandError
+
+MAX_KEY_CHARS = 1024
+FIELDS: dict[str, set[str]] = {
+    "put": {"op", "key", "value"},
+    "get": {"op", "key"},
+    "delete": {"op", "key"},
+    "cas": {"op", "key", "expected", "value"},
+}
+
+
+def parse_command(data: str) -> dict[str, Any]:
+    try:
+        command = json.loads(data)
+    except ValueError as exc:
+        raise CommandError(f"command is not JSON: {exc}") from None
+    if not isinstance(command, dict):
+        raise CommandError("command must be a JSON object")
+    op = command.get("op")
+    if op not in FIELDS:
+        raise CommandError(f"unknown op {op!r}; expected one of {sorted(FIELDS)}")
+    if set(command) != FIELDS[op]:
+        raise CommandError(f"{op} takes exactly the fields {sorted(FIELDS[op])}")
+    key = command["key"]
+    if not isinstance(key, str) or not key or len(key) > MAX_KEY_CHARS:
+        raise CommandError(f"key must be a non-empty string of at most {MAX_KEY_CHARS} chars")
+    return command
+
+
+def encode(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+class KeyValueStore:
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}
+
+    def validate(self, data: str) -> None:
+        parse_command(data)
+
+    def apply(self, data: str) -> str:
+        try:
+            command = parse_command(data)
+        except CommandError as exc:
+            return encode({"ok": False, "error": str(exc)})
+        return encode(self.execute(command))
+
+    def execute(self, command: dict[str, Any]) -> dict[str, Any]:
+        op, key = command["op"], command["key"]
+        if op == "get":
+            return {"ok": True, "found": key in self.data, "value": self.data.get(key)}
+        if op == "put":
+            previous = self.data.get(key)
+            self.data[key] = command["value"]
+            return {"ok": True, "previous": previous}
+        if op == "delete":
+            return {"ok": True, "found": self.data.pop(key, None) is not None}
+        current = self.data.get(key)
+        if current == command["expected"]:
+            self.data[key] = command["value"]
+            return {"ok": True, "value": command["value"]}
+        return {"ok": False, "value": current}
+
+    def snapshot(self) -> str:
+        return encode(self.data)
+
+    def restore(self, snapshot: str) -> None:
+        self.data = json.loads(snapshot)

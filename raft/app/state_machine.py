@@ -1,0 +1,30 @@
+"""The interface a replicated application implements.
+
+Replace the default key-value store by passing another factory to the node handler: this is
+the seed's "implement whatever server logic you need at the point where new log entries are
+about to be committed".
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class CommandError(ValueError):
+    """A command the application cannot accept; raised before it reaches the log."""
+
+
+class StateMachine(Protocol):
+    def validate(self, data: str) -> None:
+        """Raise CommandError if `data` is not a well-formed command. Called before proposing,
+        so malformed commands never enter the log."""
+
+    def apply(self, data: str) -> str:
+        """Apply one committed command and return its encoded result. Must be deterministic
+        and must not raise: every server applies the same commands in the same order."""
+
+    def snapshot(self) -> str:
+        """The whole state, encoded."""
+
+    def restore(self, snapshot: str) -> None:
+        """Replace the state with a snapshot taken by `snapshot`."""

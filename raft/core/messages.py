@@ -1,0 +1,142 @@
+"""Typed, immutable records for everything a server receives or sends.
+
+Names follow the extended Raft paper (Ongaro & Ousterhout, 2014), Figure 2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+ServerId = str
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One log entry. `data` is the application's encoded command, opaque to the core.
+
+    An entry with an empty `client_id` is a no-op appended by a new leader (§5.4.2).
+    `reply_to` is where the leader that applies it sends the result; empty means the client
+    polls the stored result instead.
+    """
+
+    term: int
+    client_id: str = ""
+    seq: int = 0
+    data: str = ""
+    reply_to: str = ""
+
+    @property
+    def size(self) -> int:
+        return len(self.data) + len(self.client_id) + len(self.reply_to) + 24
+
+
+@dataclass(frozen=True, slots=True)
+class RequestVote:
+    """RequestVote RPC (§5.2), or a PreVote probe (thesis §9.6) when `pre_vote`.
+
+    A pre-vote carries the term the candidate *would* use; receivers do not adopt it.
+    """
+
+    term: int
+    candidate_id: ServerId
+    last_log_index: int
+    last_log_term: int
+    pre_vote: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RequestVoteResponse:
+    term: int
+    voter_id: ServerId
+    granted: bool
+    pre_vote: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AppendEntries:
+    """AppendEntries RPC (§5.3); with no entries it is a heartbeat."""
+
+    term: int
+    leader_id: ServerId
+    prev_log_index: int
+    prev_log_term: int
+    entries: tuple[Entry, ...]
+    leader_commit: int
+
+
+@dataclass(frozen=True, slots=True)
+class AppendEntriesResponse:
+    """Reply to AppendEntries.
+
+    On success `match_index` is the last index known to match the leader's log. On failure
+    `conflict_index`/`conflict_term` let the leader skip a whole conflicting term at once
+    (the optimisation sketched at the end of §5.3).
+    """
+
+    term: int
+    follower_id: ServerId
+    success: bool
+    match_index: int = 0
+    conflict_index: int = 0
+    conflict_term: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRequest:
+    """A command from a client (§8). (`client_id`, `seq`) identifies it for deduplication.
+
+    `reply_to` is the address the response goes to; empty means the caller polls the stored
+    result instead (the HTTP function does). `hops` bounds forwarding between servers.
+    """
+
+    client_id: str
+    seq: int
+    data: str
+    reply_to: str = ""
+    hops: int = 0
+
+
+class ClientStatus(StrEnum):
+    OK = "ok"
+    NOT_LEADER = "not_leader"
+    OVERLOADED = "overloaded"
+    STALE = "stale"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class ClientResponse:
+    client_id: str
+    seq: int
+    status: ClientStatus
+    result: str = ""
+    index: int = 0
+    term: int = 0
+    leader_hint: ServerId = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """The passage of time: `now` in milliseconds on the host's clock."""
+
+    now: int
+
+
+Message = (
+    RequestVote
+    | RequestVoteResponse
+    | AppendEntries
+    | AppendEntriesResponse
+    | ClientRequest
+    | ClientResponse
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A message addressed from one node (server or client) to another."""
+
+    sender: str
+    to: str
+    message: Message

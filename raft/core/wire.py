@@ -1,0 +1,193 @@
+"""The versioned JSON wire format, with strict validation.
+
+Every envelope is one JSON object::
+
+    {"v": 1, "kind": "append_entries", "from": "server-1", "to": "server-2", "body": {...}}
+
+`decode` raises `WireError` (and only `WireError`) for anything that is not exactly a valid
+message of a known version: bad JSON, unknown version or kind, missing, extra or wrong-typed
+fields, negative numbers, oversized payloads. Decoding has no side effects, so a rejected
+message changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+from typing import Any
+
+from raft.core.messages import (
+    AppendEntries,
+    AppendEntriesResponse,
+    ClientRequest,
+    ClientResponse,
+    ClientStatus,
+    Entry,
+    Envelope,
+    Message,
+    RequestVote,
+    RequestVoteResponse,
+    Tick,
+)
+
+WIRE_VERSION = 1
+# Service Bus Standard caps a message at 256 KiB; leave room for properties.
+MAX_WIRE_BYTES = 240 * 1024
+MAX_ID_CHARS = 128
+
+
+class WireError(ValueError):
+    """A message that cannot be decoded; the only error `decode` raises."""
+
+
+KINDS: dict[str, type] = {
+    "request_vote": RequestVote,
+    "request_vote_response": RequestVoteResponse,
+    "append_entries": AppendEntries,
+    "append_entries_response": AppendEntriesResponse,
+    "client_request": ClientRequest,
+    "client_response": ClientResponse,
+    "tick": Tick,
+}
+KIND_OF: dict[type, str] = {cls: kind for kind, cls in KINDS.items()}
+
+# Field name -> expected JSON type, per record. "id" is a bounded string, "nat" a
+# non-negative int (never a bool), "str" any string, "bool" a bool.
+SCHEMAS: dict[type, dict[str, str]] = {
+    Entry: {"term": "nat", "client_id": "id", "seq": "nat", "data": "str", "reply_to": "id"},
+    RequestVote: {
+        "term": "nat",
+        "candidate_id": "id",
+        "last_log_index": "nat",
+        "last_log_term": "nat",
+        "pre_vote": "bool",
+    },
+    RequestVoteResponse: {"term": "nat", "voter_id": "id", "granted": "bool", "pre_vote": "bool"},
+    AppendEntries: {
+        "term": "nat",
+        "leader_id": "id",
+        "prev_log_index": "nat",
+        "prev_log_term": "nat",
+        "entries": "entries",
+        "leader_commit": "nat",
+    },
+    AppendEntriesResponse: {
+        "term": "nat",
+        "follower_id": "id",
+        "success": "bool",
+        "match_index": "nat",
+        "conflict_index": "nat",
+        "conflict_term": "nat",
+    },
+    ClientRequest: {
+        "client_id": "id",
+        "seq": "nat",
+        "data": "str",
+        "reply_to": "id",
+        "hops": "nat",
+    },
+    ClientResponse: {
+        "client_id": "id",
+        "seq": "nat",
+        "status": "status",
+        "result": "str",
+        "index": "nat",
+        "term": "nat",
+        "leader_hint": "id",
+    },
+    Tick: {"now": "nat"},
+}
+
+
+def kind_of(message: Message | Tick) -> str:
+    return KIND_OF[type(message)]
+
+
+def to_json_value(record: Any) -> dict[str, Any]:
+    """A record as plain JSON values (entries as lists of objects, enums as strings)."""
+    out: dict[str, Any] = {}
+    for f in fields(record):
+        value = getattr(record, f.name)
+        if isinstance(value, tuple):
+            value = [to_json_value(e) for e in value]
+        elif isinstance(value, ClientStatus):
+            value = value.value
+        out[f.name] = value
+    return out
+
+
+def encode(envelope: Envelope) -> str:
+    return json.dumps(
+        {
+            "v": WIRE_VERSION,
+            "kind": kind_of(envelope.message),
+            "from": envelope.sender,
+            "to": envelope.to,
+            "body": to_json_value(envelope.message),
+        },
+        separators=(",", ":"),
+    )
+
+
+def decode(raw: str | bytes) -> Envelope:
+    if len(raw) > MAX_WIRE_BYTES:
+        raise WireError(f"message of {len(raw)} bytes exceeds the {MAX_WIRE_BYTES}-byte limit")
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise WireError(f"not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise WireError("envelope must be a JSON object")
+    _exact_keys(doc, {"v", "kind", "from", "to", "body"}, "envelope")
+    if doc["v"] != WIRE_VERSION or isinstance(doc["v"], bool):
+        raise WireError(f"unsupported wire version {doc['v']!r} (expected {WIRE_VERSION})")
+    cls = KINDS.get(doc["kind"]) if isinstance(doc["kind"], str) else None
+    if cls is None or cls is Tick:
+        raise WireError(f"unknown message kind {doc['kind']!r}")
+    sender = _check("id", doc["from"], "from")
+    to = _check("id", doc["to"], "to")
+    return Envelope(sender=sender, to=to, message=decode_record(cls, doc["body"], "body"))
+
+
+def decode_record(cls: type, value: Any, where: str) -> Any:
+    schema = SCHEMAS[cls]
+    if not isinstance(value, dict):
+        raise WireError(f"{where} must be an object")
+    _exact_keys(value, set(schema), where)
+    return cls(
+        **{name: _check(kind, value[name], f"{where}.{name}") for name, kind in schema.items()}
+    )
+
+
+def _exact_keys(doc: dict[str, Any], expected: set[str], where: str) -> None:
+    keys = set(doc)
+    if keys != expected:
+        missing, extra = sorted(expected - keys), sorted(keys - expected)
+        raise WireError(f"{where}: missing fields {missing}, unexpected fields {extra}")
+
+
+def _check(kind: str, value: Any, where: str) -> Any:
+    if kind == "nat":
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise WireError(f"{where} must be a non-negative integer, got {value!r}")
+        return value
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise WireError(f"{where} must be a boolean, got {value!r}")
+        return value
+    if kind in ("id", "str"):
+        if not isinstance(value, str):
+            raise WireError(f"{where} must be a string, got {type(value).__name__}")
+        if kind == "id" and len(value) > MAX_ID_CHARS:
+            raise WireError(f"{where} is longer than {MAX_ID_CHARS} characters")
+        return value
+    if kind == "status":
+        try:
+            return ClientStatus(value)
+        except ValueError:
+            raise WireError(f"{where}: unknown status {value!r}") from None
+    if kind == "entries":
+        if not isinstance(value, list):
+            raise WireError(f"{where} must be a list")
+        return tuple(decode_record(Entry, e, f"{where}[{i}]") for i, e in enumerate(value))
+    raise AssertionError(kind)

@@ -1,0 +1,74 @@
+"""The store port: one server's state, loaded with a version and saved conditionally on it.
+
+A save either applies a whole `Change` or nothing, and only if the stored version is still the
+one the caller loaded (Table Storage: an entity-group transaction with If-Match on the state
+entity's ETag). A mismatch raises `VersionConflict`; the caller reloads and steps again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from raft.core.messages import Entry
+
+
+class VersionConflict(Exception):
+    """Someone else saved this server's state since it was loaded."""
+
+
+class StoreLimitError(ValueError):
+    """A change the store cannot hold (for example over Table Storage's size limits)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClientResult:
+    """The outcome of a client request, kept so a client that polls can read it."""
+
+    client_id: str
+    seq: int
+    result: str
+    index: int
+    term: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredServer:
+    version: str
+    # The server state without its log, as JSON values (raft.core.state.state_to_dict).
+    state: dict[str, Any]
+    log: list[Entry]
+    # The applied state (application snapshot and client sessions), if one was saved.
+    snapshot: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One atomic update of a server's stored state.
+
+    Log entries at index >= `log_from` are replaced by `entries` (so `entries[0]` has index
+    `log_from`); stored entries past the new end, up to `stored_last_index`, are deleted.
+    `log_from` is None when the log did not change.
+    """
+
+    state: dict[str, Any]
+    log_from: int | None = None
+    entries: tuple[Entry, ...] = ()
+    stored_last_index: int = 0
+    snapshot: str | None = None
+    results: tuple[ClientResult, ...] = ()
+
+
+class Store(Protocol):
+    def load(self, server_id: str) -> StoredServer | None:
+        """The server's stored state, or None if it was never saved."""
+
+    def save(self, server_id: str, expected_version: str | None, change: Change) -> str:
+        """Apply `change` if the stored version is `expected_version` (None: not yet stored);
+        return the new version. Raises VersionConflict otherwise."""
+
+    def read_state(self, server_id: str) -> dict[str, Any] | None:
+        """Only the state entity (no log), for status pages."""
+
+    def read_result(self, server_id: str, client_id: str) -> ClientResult | None:
+        """The last recorded result for `client_id` on this server."""
