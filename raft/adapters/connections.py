@@ -21,7 +21,7 @@ AZURITE_CONNECTION_STRING = (
 )
 
 
-class ConnectionError(ValueError):  # noqa: A001 - a configuration error, not the builtin
+class MissingConnectionError(ValueError):
     """No usable connection setting."""
 
 
@@ -61,7 +61,7 @@ def resolve(name: str, env: Mapping[str, str], kind: str) -> Connection:
             )
     else:
         raise ValueError(f"unknown connection kind {kind!r}")
-    raise ConnectionError(
+    raise MissingConnectionError(
         f"no connection configured: set {name} (a connection string) or its identity-based "
         f"form ({name}__fullyQualifiedNamespace / {name}__tableServiceUri / {name}__accountName)"
     )
