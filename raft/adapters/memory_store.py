@@ -1,5 +1,10 @@
 """An in-memory store with the same semantics as the Table Storage adapter: whole-change
-atomic saves, conditional on a version, and copies in and out so no caller shares state."""
+atomic saves, conditional on a version, and no mutable state shared with callers.
+
+State dicts are treated as values: a saved `Change.state` is never mutated afterwards (the
+node handler builds a fresh one per save) and `state_from_dict` copies what it reads, so
+`load` and `save` need not deep-copy them on the hot path; `read_state` hands out a copy.
+"""
 
 from __future__ import annotations
 
@@ -36,7 +41,7 @@ class InMemoryStore:
                 return None
             return StoredServer(
                 version=str(record.version),
-                state=copy.deepcopy(record.state),
+                state=record.state,
                 log=list(record.log),
                 snapshot=record.snapshot,
             )
@@ -54,7 +59,7 @@ class InMemoryStore:
                 record = _Record(0, {}, [], None)
                 self._records[server_id] = record
             record.version += 1
-            record.state = copy.deepcopy(change.state)
+            record.state = change.state
             if change.log_from is not None:
                 del record.log[change.log_from - 1 :]
                 record.log.extend(change.entries)
