@@ -45,3 +45,8 @@ class InMemoryBus:
         with self._lock:
             if not any(self._queues.values()):
                 self._wake.wait(timeout_s)
+
+    def wait_for(self, address: str, timeout_s: float) -> None:
+        """Block until something is queued for `address` or the timeout passes."""
+        with self._lock:
+            self._wake.wait_for(lambda: bool(self._queues.get(address)), timeout_s)

@@ -1,0 +1,5 @@
+import sys
+
+from raft.cli import main
+
+sys.exit(main())

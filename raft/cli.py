@@ -1,0 +1,30 @@
+"""Command line: `python -m raft run | test | replay | bench`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from raft.hosts import runner
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m raft", description=__doc__)
+    parser.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run a local cluster and submit requests (main job)")
+    runner.add_run_arguments(run)
+    run.set_defaults(handler=runner.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    code: int = args.handler(args)
+    return code

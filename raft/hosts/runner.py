@@ -1,0 +1,173 @@
+"""`python -m raft run`: the main job. Starts a cluster in one process over the in-memory bus
+with real timers, waits for a leader, submits requests as a client and waits for each
+committed response (the seed's `Raft.Azure --num-requests 5 --local-cluster-size 5`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from raft.adapters.memory_bus import InMemoryBus
+from raft.adapters.memory_store import InMemoryStore
+from raft.app.kv import encode
+from raft.core.messages import ClientStatus
+from raft.core.state import Config, Role
+from raft.hosting.settings import server_ids
+from raft.hosts.client import RaftClient
+from raft.hosts.local_cluster import LocalCluster
+from raft.node.handler import NodeOptions
+from raft.ports.store import Store
+
+
+@dataclass
+class RunReport:
+    requested: int
+    committed: int = 0
+    leader: str = ""
+    term: int = 0
+    last_index: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    election_ms: float = 0.0
+    servers: int = 0
+    store: str = "memory"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "requested": self.requested,
+            "committed": self.committed,
+            "leader": self.leader,
+            "term": self.term,
+            "last_index": self.last_index,
+            "latency_ms": {
+                "p50": round(percentile(self.latencies_ms, 50), 3),
+                "p99": round(percentile(self.latencies_ms, 99), 3),
+            },
+            "election_ms": round(self.election_ms, 3),
+            "servers": self.servers,
+            "store": self.store,
+        }
+
+
+def percentile(values: list[float], pct: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, round(pct / 100 * len(ordered) + 0.5) - 1))
+    return ordered[rank]
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--servers", type=int, default=5, help="cluster size (default 5)")
+    parser.add_argument("--requests", type=int, default=5, help="requests to submit (default 5)")
+    parser.add_argument(
+        "--election-timeout-ms",
+        type=int,
+        default=150,
+        help="minimum election timeout; the maximum is twice it (default 150)",
+    )
+    parser.add_argument("--heartbeat-ms", type=int, default=50, help="heartbeat period")
+    parser.add_argument(
+        "--request-timeout-s",
+        type=float,
+        default=10.0,
+        help="give up on a request after this long (default 10)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the election timers")
+    parser.add_argument("--json", action="store_true", help="print one JSON object at the end")
+
+
+def build_options(args: argparse.Namespace) -> NodeOptions:
+    config = Config(
+        election_timeout_min=args.election_timeout_ms,
+        election_timeout_max=2 * args.election_timeout_ms,
+        heartbeat_interval=args.heartbeat_ms,
+    )
+    return NodeOptions(config=config, seed=args.seed)
+
+
+def run_requests(args: argparse.Namespace, store: Store, store_name: str, out: TextIO) -> int:
+    if args.servers < 1 or args.requests < 0:
+        raise SystemExit("--servers must be at least 1 and --requests not negative")
+    servers = server_ids(args.servers)
+    bus = InMemoryBus()
+    cluster = LocalCluster(servers, store, bus, build_options(args))
+    report = RunReport(requested=args.requests, servers=args.servers, store=store_name)
+    worker = threading.Thread(target=cluster.run_forever, name="raft-cluster", daemon=True)
+    started = time.perf_counter()
+    worker.start()
+    try:
+        resumed = max(s.last_index for s in cluster.states().values())
+        if resumed:
+            print(f"resuming from stored state: last index {resumed}", file=out)
+        leader = wait_for_leader(cluster, args.request_timeout_s)
+        if leader is None:
+            print("no leader elected", file=out)
+        else:
+            report.election_ms = (time.perf_counter() - started) * 1000
+            print(
+                f"leader elected: {leader} (term {cluster.states()[leader].current_term}) "
+                f"after {report.election_ms:.1f} ms",
+                file=out,
+            )
+            submit_all(cluster, bus, servers, args, report, out)
+    finally:
+        cluster.stop()
+        worker.join(timeout=5)
+    final = cluster.leader()
+    if final is not None:
+        report.leader, report.term = final.server_id, final.current_term
+    report.last_index = max(s.last_index for s in cluster.states().values())
+    if args.json:
+        print(json.dumps(report.to_json()))
+    else:
+        print(f"{report.committed}/{report.requested} requests committed")
+    return 0 if report.committed == report.requested else 1
+
+
+def wait_for_leader(cluster: LocalCluster, timeout_s: float) -> str | None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        leader = cluster.leader()
+        if leader is not None and leader.role is Role.LEADER:
+            return leader.server_id
+        time.sleep(0.005)
+    return None
+
+
+def submit_all(
+    cluster: LocalCluster,
+    bus: InMemoryBus,
+    servers: list[str],
+    args: argparse.Namespace,
+    report: RunReport,
+    out: TextIO,
+) -> None:
+    # A fresh client id per run: a resumed cluster still holds the sessions of earlier runs.
+    client = RaftClient(bus, servers, f"runner-{uuid.uuid4().hex[:12]}")
+    for number in range(1, args.requests + 1):
+        command = encode({"op": "put", "key": f"key-{number}", "value": f"value-{number}"})
+        sent = time.perf_counter()
+        response = client.submit(command, args.request_timeout_s)
+        latency = (time.perf_counter() - sent) * 1000
+        if response is None or response.status is not ClientStatus.OK:
+            status = "timed out" if response is None else response.status.value
+            print(f"request {number}: {status}", file=out)
+            continue
+        report.committed += 1
+        report.latencies_ms.append(latency)
+        print(
+            f"request {number}: committed at index {response.index} term {response.term} "
+            f"in {latency:.1f} ms",
+            file=out,
+        )
+
+
+def run(args: argparse.Namespace) -> int:
+    out = sys.stderr if args.json else sys.stdout
+    return run_requests(args, InMemoryStore(), "memory", out)

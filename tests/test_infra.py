@@ -1,0 +1,285 @@
+"""The Bicep template under infra/: it parses, checkov finds nothing, and it agrees with
+raft/hosting/settings.py (the one place every app setting is named).
+
+The template is read with pycep (the parser checkov itself uses for Bicep), so these tests look
+at the declared structure rather than at text. pycep writes an identifier reference and a string
+literal the same way ("topicName" vs "rafttopic"); `_resolve` treats a string that names a
+parameter of the same file as a reference to that parameter's default.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pycep
+import pytest
+
+from raft.hosting import settings
+
+ROOT = Path(__file__).resolve().parent.parent
+INFRA = ROOT / "infra"
+MAIN = INFRA / "main.bicep"
+SERVICE_BUS = INFRA / "modules" / "servicebus.bicep"
+ROLES = INFRA / "modules" / "roles.bicep"
+STORAGE = INFRA / "modules" / "storage.bicep"
+
+# The identity-based connection settings the bindings and the host need (settings.py names the
+# connection prefixes; the suffixes are the Functions conventions).
+CONNECTION_SETTINGS = {
+    "AzureWebJobsStorage__accountName",
+    f"{settings.SERVICE_BUS_CONNECTION}__fullyQualifiedNamespace",
+    f"{settings.STORAGE_CONNECTION}__tableServiceUri",
+}
+SECRET_MARKERS = ("AccountKey=", "SharedAccessKey=", "SharedAccessSignature=")
+SUPPRESSION = re.compile(r"checkov:skip=(?P<check>[A-Z0-9_]+)(?::(?P<reason>.*))?")
+
+Bicep = dict[str, Any]
+
+
+def _bicep_files() -> list[Path]:
+    return sorted(INFRA.rglob("*.bicep"))
+
+
+@pytest.fixture(scope="session")
+def parse() -> Any:
+    parser = pycep.BicepParser()
+    cache: dict[Path, Bicep] = {}
+
+    def _parse(path: Path) -> Bicep:
+        if path not in cache:
+            cache[path] = parser.parse(file_path=path)
+        return cache[path]
+
+    return _parse
+
+
+@pytest.fixture(scope="module")
+def main(parse: Any) -> Bicep:
+    return parse(MAIN)
+
+
+@pytest.fixture(scope="module")
+def checkov_report() -> dict[str, Any]:
+    """One checkov scan of infra/ per test module (it takes several seconds)."""
+    exe = Path(sys.executable).with_name("checkov")
+    command = str(exe) if exe.exists() else shutil.which("checkov")
+    if command is None:
+        pytest.fail("checkov is not installed; the project's dev extras install it")
+    result = subprocess.run(
+        [command, "-d", str(INFRA), "--framework", "bicep", "-o", "json", "--skip-download"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    if not result.stdout.strip():
+        pytest.fail(f"checkov printed no report (exit {result.returncode}): {result.stderr}")
+    report = json.loads(result.stdout)
+    reports = report if isinstance(report, list) else [report]
+    (bicep,) = [r for r in reports if r.get("check_type") == "bicep"]
+    return bicep  # type: ignore[no-any-return]
+
+
+def _resolve(value: Any, bicep: Bicep) -> Any:
+    """The deploy-time value of a literal, a parameter reference or string(parameter).
+
+    Anything computed from resources (module outputs and the like) resolves to None.
+    """
+    parameters = bicep.get("parameters", {})
+    if isinstance(value, str):
+        if value in parameters:
+            return parameters[value].get("default")
+        return value
+    if isinstance(value, bool | int):
+        return value
+    if isinstance(value, dict) and value.get("function", {}).get("type") == "string":
+        inner = _resolve(value["function"]["parameters"]["value_to_convert"], bicep)
+        return None if inner is None else str(inner)
+    return None
+
+
+def _allowed(parameter: Bicep) -> list[Any]:
+    for decorator in parameter.get("decorators", []):
+        if decorator["type"] == "allowed":
+            return list(decorator["argument"])
+    return []
+
+
+def _app_settings(main: Bicep) -> dict[str, Any]:
+    return dict(main["variables"]["appSettings"]["value"])
+
+
+def _body(resource: Bicep) -> Bicep:
+    """A resource's body, looking through a `[for ...]` loop or an `if` condition."""
+    config = resource["config"]
+    if "loop_type" in config or "condition" in config:
+        return dict(config["config"])
+    return dict(config)
+
+
+# --- the files are valid -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", _bicep_files(), ids=lambda p: str(p.relative_to(INFRA)))
+def test_every_bicep_file_parses(parse: Any, path: Path) -> None:
+    parsed = parse(path)
+    assert parsed.get("resources") or parsed.get("modules"), f"{path} declares nothing"
+
+
+def test_checkov_reports_no_failed_check(checkov_report: dict[str, Any]) -> None:
+    failed = [
+        f"{c['check_id']} {c['resource']} ({c['file_path']}): {c['check_name']}"
+        for c in checkov_report["results"]["failed_checks"]
+    ]
+    assert checkov_report["summary"]["parsing_errors"] == 0
+    assert checkov_report["summary"]["passed"] > 0
+    assert failed == []
+
+
+def test_every_checkov_suppression_states_its_reason() -> None:
+    unexplained = []
+    for path in _bicep_files():
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            match = SUPPRESSION.search(line)
+            if match and len((match["reason"] or "").strip()) < 20:
+                unexplained.append(f"{path.name}:{number}: {line.strip()}")
+    assert unexplained == []
+
+
+def test_every_module_is_a_local_file(parse: Any) -> None:
+    for path in _bicep_files():
+        for name, module in parse(path).get("modules", {}).items():
+            assert module["type"] == "local", f"{path.name}: module {name} is not local"
+            assert (path.parent / module["detail"]["path"]).is_file(), name
+
+
+# --- the template agrees with raft/hosting/settings.py --------------------------------------
+
+
+def test_topic_default_is_the_settings_default(main: Bicep) -> None:
+    assert main["parameters"]["topicName"]["default"] == settings.DEFAULTS[settings.TOPIC]
+
+
+def test_table_default_is_the_settings_default(main: Bicep) -> None:
+    assert main["parameters"]["tableName"]["default"] == settings.DEFAULTS[settings.TABLE]
+
+
+def test_cluster_size_allows_3_5_or_7(main: Bicep) -> None:
+    cluster_size = main["parameters"]["clusterSize"]
+    assert _allowed(cluster_size) == [3, 5, 7]
+    assert str(cluster_size["default"]) == settings.DEFAULTS[settings.SERVER_COUNT]
+
+
+def test_subscription_names_follow_the_server_id_convention(main: Bicep) -> None:
+    loop = main["variables"]["serverIds"]["value"]
+    detail = loop["loop_type"]["detail"]
+    assert loop["loop_type"]["type"] == "range"
+    assert detail["count"] == "clusterSize"
+    for size in _allowed(main["parameters"]["clusterSize"]):
+        indexes = range(detail["start_index"], detail["start_index"] + size)
+        names = [loop["config"].replace("${" + detail["index_name"] + "}", str(i)) for i in indexes]
+        assert names == settings.server_ids(size)
+    assert main["modules"]["serviceBus"]["config"]["params"]["subscriptionNames"] == "serverIds"
+
+
+def test_each_subscription_has_an_addressee_correlation_rule(parse: Any, main: Bicep) -> None:
+    passed = main["modules"]["serviceBus"]["config"]["params"]
+    assert passed["ruleName"] == settings.SUBSCRIPTION_RULE
+    assert passed["addresseeProperty"] == settings.ADDRESSEE_PROPERTY
+
+    module = parse(SERVICE_BUS)
+    rules = module["resources"]["addresseeRules"]
+    loop = rules["config"]["loop_type"]["detail"]
+    body = _body(rules)
+    assert loop["array_name"] == "subscriptionNames"
+    assert body["name"] == "ruleName"
+    assert body["properties"]["filterType"] == "CorrelationFilter"
+    # The filter matches application property <addresseeProperty> == the subscription's name.
+    assert body["properties"]["correlationFilter"]["properties"] == {
+        "'${addresseeProperty}'": loop["item_name"]
+    }
+
+
+def test_the_default_catch_all_rule_is_replaced_by_one_that_never_matches(parse: Any) -> None:
+    rules = parse(SERVICE_BUS)["resources"]["defaultRules"]
+    body = _body(rules)
+    assert rules["config"]["loop_type"]["detail"]["array_name"] == "subscriptionNames"
+    assert body["name"] == "$Default"
+    assert body["properties"] == {"filterType": "SqlFilter", "sqlFilter": {"sqlExpression": "1=0"}}
+
+
+def test_subscriptions_dead_letter_expired_messages_after_bounded_deliveries(parse: Any) -> None:
+    properties = _body(parse(SERVICE_BUS)["resources"]["subscriptions"])["properties"]
+    assert properties["deadLetteringOnMessageExpiration"] is True
+    assert isinstance(_resolve(properties["maxDeliveryCount"], parse(SERVICE_BUS)), int)
+
+
+def test_topic_detects_duplicates(parse: Any) -> None:
+    properties = _body(parse(SERVICE_BUS)["resources"]["topic"])["properties"]
+    assert properties["requiresDuplicateDetection"] is True
+    assert properties["duplicateDetectionHistoryTimeWindow"]
+
+
+def test_message_ttl_default_is_the_settings_default(main: Bicep) -> None:
+    ttl = main["parameters"]["messageTtlSeconds"]["default"]
+    assert str(ttl) == settings.DEFAULTS[settings.MESSAGE_TTL_S]
+    assert main["modules"]["serviceBus"]["config"]["params"]["messageTtlSeconds"] == (
+        "messageTtlSeconds"
+    )
+
+
+def test_app_settings_name_every_setting_and_connection(main: Bicep) -> None:
+    missing = (set(settings.DEFAULTS) | CONNECTION_SETTINGS) - set(_app_settings(main))
+    assert missing == set()
+
+
+def test_app_settings_default_to_the_settings_defaults(main: Bicep) -> None:
+    app_settings = _app_settings(main)
+    values = {name: _resolve(app_settings[name], main) for name in settings.DEFAULTS}
+    assert values == settings.DEFAULTS
+
+
+def test_no_app_setting_carries_a_key_or_connection_string(main: Bicep) -> None:
+    for name, value in _app_settings(main).items():
+        text = json.dumps(value)
+        assert not any(marker in text for marker in SECRET_MARKERS), name
+    for path in _bicep_files():
+        text = path.read_text()
+        assert "listKeys(" not in text and "listConnectionStrings(" not in text, path
+        assert not any(marker in text for marker in SECRET_MARKERS), path
+
+
+def test_service_bus_and_storage_accept_only_entra_id(parse: Any) -> None:
+    namespace = _body(parse(SERVICE_BUS)["resources"]["namespace"])
+    assert namespace["sku"]["name"] == "Standard"
+    assert namespace["properties"]["disableLocalAuth"] is True
+    assert namespace["properties"]["minimumTlsVersion"] == "1.2"
+
+    account = _body(parse(STORAGE)["resources"]["account"])["properties"]
+    assert account["allowSharedKeyAccess"] is False
+    assert account["allowBlobPublicAccess"] is False
+    assert account["minimumTlsVersion"] == "TLS1_2"
+
+
+def test_receiver_role_is_scoped_to_each_subscription(parse: Any) -> None:
+    receivers = parse(ROLES)["resources"]["receiverOnSubscription"]
+    loop = receivers["config"]["loop_type"]["detail"]
+    scope = _body(receivers)["scope"]["operator"]
+    assert loop["array_name"] == "subscriptionNames"
+    assert scope["type"] == "index_accessor"
+    assert scope["operands"] == {"operand_1": "subscriptions", "operand_2": loop["index_name"]}
+
+
+def test_sender_role_is_scoped_to_the_topic(parse: Any) -> None:
+    assert _body(parse(ROLES)["resources"]["senderOnTopic"])["scope"] == "topic"
+
+
+def test_outputs_name_what_a_deployer_needs(main: Bicep) -> None:
+    expected = {"functionAppName", "httpEndpoint", "serviceBusNamespace", "storageAccountName"}
+    assert expected <= set(main["outputs"])
