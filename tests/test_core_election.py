@@ -141,9 +141,7 @@ def test_pre_vote_refused_while_the_receiver_hears_from_a_leader() -> None:
     assert out == [RequestVoteResponse(2, "s1", False, pre_vote=True)]
 
 
-def test_higher_term_vote_request_is_ignored_by_a_follower_that_hears_its_leader() -> (
-    None
-):
+def test_higher_term_vote_request_is_ignored_by_a_follower_that_hears_its_leader() -> None:
     # Thesis §4.2.3: within the minimum election timeout of hearing from the leader, a vote
     # request is ignored, term and all.
     s = server(term=2)
