@@ -2,8 +2,9 @@
 
 Messages are real `azure.servicebus.ServiceBusMessage` objects and batches real
 `ServiceBusMessageBatch` objects (constructible offline, with the SDK's own size accounting);
-only the sender is a fake. Deliveries are real `azure.functions.ServiceBusMessage` objects. The
-emulator's Config.json is checked against the settings convention.
+only the sender is a fake. Deliveries are the `azure.functions.servicebus.ServiceBusMessage`
+objects the trigger's converter builds. The emulator's Config.json is checked against the
+settings convention.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import azure.functions as func
 import pytest
 from azure.core.credentials import AccessToken
+from azure.functions.servicebus import ServiceBusMessage as TriggerMessage
 from azure.identity import DefaultAzureCredential
 from azure.servicebus import ServiceBusMessage, ServiceBusMessageBatch
 from azure.servicebus.exceptions import MessagingEntityNotFoundError, OperationTimeoutError
@@ -140,7 +141,7 @@ class StaticCredential:
 
 
 def delivery(body: bytes, properties: dict[str, Any] | None, message_id: str = "m-1") -> Any:
-    return func.ServiceBusMessage(
+    return TriggerMessage(
         body=body,
         application_properties=properties or {},
         user_properties={},
@@ -433,7 +434,7 @@ def test_receive_decodes_a_functions_service_bus_message() -> None:
 
 def test_receive_falls_back_to_user_properties() -> None:
     envelope = heartbeat(to="server-2")
-    message = func.ServiceBusMessage(
+    message = TriggerMessage(
         body=wire.encode(envelope).encode(),
         application_properties=None,  # type: ignore[arg-type]
         user_properties={"addressee": "server-3"},
