@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from raft.core.messages import (
     AppendEntries,
     AppendEntriesResponse,
+    ClientRequest,
+    ClientResponse,
     Entry,
     Envelope,
     Message,
@@ -103,3 +105,61 @@ def append(
 
 def ack(term: int, follower: str, match: int) -> AppendEntriesResponse:
     return AppendEntriesResponse(term, follower, True, match)
+
+
+class ManualCluster:
+    """Node handlers over one in-memory store and bus, with time and delivery driven by the
+    test: nothing happens until the test says so."""
+
+    def __init__(self, size: int = 3, options: object | None = None) -> None:
+        from raft.adapters.memory_bus import InMemoryBus
+        from raft.adapters.memory_store import InMemoryStore
+        from raft.node.handler import NodeHandler, NodeOptions
+
+        self.servers = [f"server-{i}" for i in range(1, size + 1)]
+        self.store = InMemoryStore()
+        self.bus = InMemoryBus()
+        self.options = options if isinstance(options, NodeOptions) else NodeOptions(config=CONFIG)
+        self.handlers = {
+            s: NodeHandler(s, self.servers, self.store, self.bus, self.options)
+            for s in self.servers
+        }
+        self.now = 0
+
+    def deliver_all(self, max_rounds: int = 100) -> None:
+        for _ in range(max_rounds):
+            busy = False
+            for server_id, handler in self.handlers.items():
+                batch = self.bus.drain(server_id)
+                if batch:
+                    busy = True
+                    handler.handle(batch, self.now)
+            if not busy:
+                return
+
+    def advance(self, ms: int) -> None:
+        for _ in range(ms // 10):
+            self.now += 10
+            for handler in self.handlers.values():
+                handler.tick(self.now)
+            self.deliver_all()
+
+    def leader(self) -> str:
+        leaders = [s for s, h in self.handlers.items() if h.state().role is Role.LEADER]
+        return leaders[0] if len(leaders) == 1 else ""
+
+    def elect(self) -> str:
+        for _ in range(200):
+            if self.leader():
+                return self.leader()
+            self.advance(10)
+        raise AssertionError("no leader elected")
+
+    def submit(self, request: ClientRequest, to: str | None = None) -> list[ClientResponse]:
+        self.bus.publish([Envelope(request.client_id, to or self.leader(), request)])
+        self.deliver_all()
+        return [
+            e.message
+            for e in self.bus.drain(request.client_id)
+            if isinstance(e.message, ClientResponse) and e.message.seq == request.seq
+        ]

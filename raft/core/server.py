@@ -357,6 +357,10 @@ class RaftServer:
         s.recent_active.add(sender)
         s.inflight[sender] = max(0, s.inflight[sender] - 1)
         if m.success:
+            if m.match_index > s.last_index:
+                # Only a newer instance of this leader can have sent entries past our log
+                # (two function instances of one server); that instance's save wins.
+                return
             if m.match_index > s.match_index[sender]:
                 s.match_index[sender] = m.match_index
             s.next_index[sender] = max(s.next_index[sender], s.match_index[sender] + 1)

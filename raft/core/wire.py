@@ -126,6 +126,7 @@ def encode(envelope: Envelope) -> str:
             "body": to_json_value(envelope.message),
         },
         separators=(",", ":"),
+        ensure_ascii=False,
     )
 
 

@@ -1,0 +1,245 @@
+"""The node handler: persist before send, restart from what was persisted, conditional saves
+with reload-and-retry, exactly-once client commands."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import pytest
+
+from raft.app.kv import encode
+from raft.core.messages import (
+    ClientRequest,
+    ClientStatus,
+    Envelope,
+    RequestVote,
+    RequestVoteResponse,
+)
+from raft.node.handler import NodeHandler, NodeOptions
+from raft.ports.store import Change
+from tests.helpers import CONFIG, ManualCluster
+
+
+def put(key: str, value: object) -> str:
+    return encode({"op": "put", "key": key, "value": value})
+
+
+def get(key: str) -> str:
+    return encode({"op": "get", "key": key})
+
+
+def result(response: object) -> dict[str, object]:
+    return json.loads(response.result)  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def cluster() -> ManualCluster:
+    c = ManualCluster(3)
+    c.elect()
+    return c
+
+
+def test_cluster_elects_one_leader_and_commits_a_command(cluster: ManualCluster) -> None:
+    (response,) = cluster.submit(ClientRequest("c", 1, put("k", "v"), "c"))
+    assert response.status is ClientStatus.OK
+    assert result(response) == {"ok": True, "previous": None}
+    (read,) = cluster.submit(ClientRequest("c", 2, get("k"), "c"))
+    assert result(read) == {"ok": True, "found": True, "value": "v"}
+
+
+def test_retried_request_is_applied_once_and_answered_with_its_original_result(
+    cluster: ManualCluster,
+) -> None:
+    first = cluster.submit(ClientRequest("c", 1, put("k", "a"), "c"))
+    again = cluster.submit(ClientRequest("c", 1, put("k", "a"), "c"))
+    assert [r.result for r in again] == [r.result for r in first]
+    (read,) = cluster.submit(ClientRequest("c", 2, get("k"), "c"))
+    assert result(read)["value"] == "a"
+
+
+def test_request_appended_twice_before_commit_is_applied_once(cluster: ManualCluster) -> None:
+    leader = cluster.leader()
+    request = ClientRequest(
+        "c", 1, encode({"op": "cas", "key": "n", "expected": None, "value": 1}), "c"
+    )
+    cluster.bus.publish([Envelope("c", leader, request), Envelope("c", leader, request)])
+    cluster.deliver_all()
+    answers = [e.message for e in cluster.bus.drain("c")]
+    assert {a.result for a in answers} == {encode({"ok": True, "value": 1})}  # type: ignore[union-attr]
+    (read,) = cluster.submit(ClientRequest("c", 2, get("n"), "c"))
+    assert result(read)["value"] == 1
+
+
+def test_request_older_than_the_clients_last_is_answered_stale(cluster: ManualCluster) -> None:
+    cluster.submit(ClientRequest("c", 5, put("k", 1), "c"))
+    (late,) = cluster.submit(ClientRequest("c", 4, put("k", 2), "c"))
+    assert late.status is ClientStatus.STALE
+
+
+def test_invalid_command_is_rejected_and_never_enters_the_log(cluster: ManualCluster) -> None:
+    leader = cluster.handlers[cluster.leader()]
+    before = leader.state().last_index
+    (response,) = cluster.submit(ClientRequest("c", 1, '{"op": "explode"}', "c"))
+    assert response.status is ClientStatus.REJECTED and "unknown op" in response.result
+    assert leader.state().last_index == before
+
+
+def test_message_from_an_unknown_server_changes_nothing(cluster: ManualCluster) -> None:
+    follower = next(s for s in cluster.servers if s != cluster.leader())
+    before = cluster.store.read_state(follower)
+    cluster.bus.publish([Envelope("server-9", follower, RequestVote(99, "server-9", 9, 9))])
+    cluster.deliver_all()
+    assert cluster.store.read_state(follower) == before
+
+
+def test_handler_refuses_an_unknown_server_id() -> None:
+    c = ManualCluster(3)
+    with pytest.raises(ValueError, match="unknown server id"):
+        NodeHandler("server-7", c.servers, c.store, c.bus)
+
+
+class RecordingBus:
+    """A bus that records, for each published message, what its sender had persisted."""
+
+    def __init__(self, store: object) -> None:
+        self.store = store
+        self.seen: list[tuple[Envelope, dict[str, object] | None]] = []
+
+    def publish(self, envelopes: Sequence[Envelope]) -> None:
+        for e in envelopes:
+            self.seen.append((e, self.store.read_state(e.sender)))  # type: ignore[attr-defined]
+
+
+def test_vote_is_persisted_before_the_vote_response_is_sent() -> None:
+    c = ManualCluster(3)
+    bus = RecordingBus(c.store)
+    voter = NodeHandler("server-2", c.servers, c.store, bus, c.options)
+    voter.handle([Envelope("server-1", "server-2", RequestVote(1, "server-1", 0, 0))], now=0)
+    ((envelope, persisted),) = bus.seen
+    assert envelope.message == RequestVoteResponse(1, "server-2", True)
+    assert persisted is not None
+    assert persisted["current_term"] == 1 and persisted["voted_for"] == "server-1"
+
+
+def test_restarted_server_resumes_from_its_persisted_state(cluster: ManualCluster) -> None:
+    for seq in range(1, 6):
+        cluster.submit(ClientRequest("c", seq, put(f"k{seq}", seq), "c"))
+    cluster.advance(100)
+    server_id = cluster.servers[0]
+    before = cluster.handlers[server_id].state()
+    cold = NodeHandler(server_id, cluster.servers, cluster.store, cluster.bus, cluster.options)
+    after = cold.state()
+    assert (after.current_term, after.voted_for, after.log, after.commit_index) == (
+        before.current_term,
+        before.voted_for,
+        before.log,
+        before.commit_index,
+    )
+
+
+def test_cold_instance_restores_applied_state_from_the_snapshot_and_the_log_tail() -> None:
+    c = ManualCluster(3, NodeOptions(config=CONFIG, snapshot_every=4))
+    c.elect()
+    for seq in range(1, 11):
+        c.submit(ClientRequest("c", seq, put(f"k{seq}", seq), "c"))
+    leader = c.leader()
+    cold = NodeHandler(leader, c.servers, c.store, c.bus, c.options)
+    cold.state()
+    assert c.store.load(leader).snapshot is not None  # type: ignore[union-attr]
+    c.handlers[leader] = cold
+    (response,) = c.submit(ClientRequest("c", 10, put("k10", 10), "c"))
+    assert result(response) == {"ok": True, "previous": None}
+    (read,) = c.submit(ClientRequest("c", 11, get("k7"), "c"))
+    assert result(read)["value"] == 7
+
+
+def test_two_instances_of_one_server_race_and_neither_loses_an_entry(
+    cluster: ManualCluster,
+) -> None:
+    leader = cluster.leader()
+    twin = NodeHandler(leader, cluster.servers, cluster.store, cluster.bus, cluster.options)
+    twin.state()
+    cluster.submit(ClientRequest("c", 1, put("a", 1), "c"))
+    # The twin's cached state is now stale: its save conflicts, it reloads and steps again.
+    conflicts = cluster.store.conflicts
+    twin.handle([Envelope("c", leader, ClientRequest("c", 2, put("b", 2), "c"))], cluster.now)
+    cluster.deliver_all()
+    assert cluster.store.conflicts == conflicts + 1
+    log = cluster.handlers[leader].store.load(leader).log  # type: ignore[union-attr]
+    assert [(e.client_id, e.seq) for e in log if e.client_id] == [("c", 1), ("c", 2)]
+
+
+class FailingOnceBus:
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.failed = False
+
+    def publish(self, envelopes: Sequence[Envelope]) -> None:
+        if not self.failed and envelopes:
+            self.failed = True
+            raise ConnectionError("crash between the save and the send")
+        self.inner.publish(envelopes)  # type: ignore[attr-defined]
+
+
+def test_crash_between_save_and_send_is_repaired_by_retransmission(
+    cluster: ManualCluster,
+) -> None:
+    leader = cluster.leader()
+    flaky = FailingOnceBus(cluster.bus)
+    cluster.handlers[leader] = NodeHandler(
+        leader, cluster.servers, cluster.store, flaky, cluster.options
+    )
+    cluster.bus.publish([Envelope("c", leader, ClientRequest("c", 1, put("k", "v"), "c"))])
+    with pytest.raises(ConnectionError):
+        cluster.deliver_all()
+    assert flaky.failed
+    cluster.advance(200)  # heartbeats retransmit what the crashed send lost
+    assert all(
+        h.state().commit_index == cluster.handlers[leader].state().last_index
+        for h in cluster.handlers.values()
+    )
+    (read,) = cluster.submit(ClientRequest("c", 2, get("k"), "c"))
+    assert result(read)["value"] == "v"
+
+
+def test_redelivered_message_is_harmless(cluster: ManualCluster) -> None:
+    leader = cluster.leader()
+    request = Envelope("c", leader, ClientRequest("c", 1, put("k", "v"), "c"))
+    for _ in range(3):
+        cluster.bus.publish([request])
+        cluster.deliver_all()
+    cluster.advance(100)
+    logs = {s: [e for e in h.state().log if e.client_id] for s, h in cluster.handlers.items()}
+    assert all(log == logs[leader] for log in logs.values())
+
+
+def test_many_proposals_in_one_batch_take_one_save_and_one_message_per_follower(
+    cluster: ManualCluster,
+) -> None:
+    leader = cluster.leader()
+    cluster.advance(10)
+    batch = [
+        Envelope("c", leader, ClientRequest("c", seq, put("k", seq), "c")) for seq in range(1, 101)
+    ]
+    saves = cluster.store.saves
+    cluster.handlers[leader].handle(batch, cluster.now)
+    assert cluster.store.saves == saves + 1
+    out = [e for q in cluster.servers if q != leader for e in cluster.bus.drain(q)]
+    assert len(out) == 2
+
+
+def test_polling_client_result_is_recorded_on_every_server(cluster: ManualCluster) -> None:
+    cluster.submit(ClientRequest("http-1", 1, put("k", "v")))
+    cluster.advance(100)
+    for server_id in cluster.servers:
+        recorded = cluster.store.read_result(server_id, "http-1")
+        assert recorded is not None and json.loads(recorded.result)["ok"] is True
+
+
+def test_a_step_that_changes_nothing_saves_nothing(cluster: ManualCluster) -> None:
+    saves = cluster.store.saves
+    follower = next(s for s in cluster.servers if s != cluster.leader())
+    cluster.handlers[follower].handle([], cluster.now)
+    assert cluster.store.saves == saves
+    assert isinstance(Change(state={}), Change)
