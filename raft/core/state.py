@@ -115,8 +115,12 @@ SCALARS = (
 
 
 def state_to_dict(state: ServerState) -> dict[str, Any]:
-    """Everything but the log, as plain JSON values (the log is stored entry by entry)."""
+    """Everything but the log, as plain JSON values (the log is stored entry by entry).
+
+    `last_index` is derived, for stores and status pages; `state_from_dict` ignores it.
+    """
     out: dict[str, Any] = {name: getattr(state, name) for name in SCALARS}
+    out["last_index"] = state.last_index
     out["role"] = state.role.value
     out["servers"] = list(state.servers)
     out["votes"] = sorted(state.votes)

@@ -33,6 +33,14 @@ log = logging.getLogger("raft.node")
 
 ServerFactory = Callable[[ServerState, Config], RaftServer]
 
+# Stored with each save (the host clock's `now`, milliseconds) for status pages. It is not
+# server state: a step that changes nothing else does not save just to move it.
+UPDATED_AT = "updated_at_ms"
+
+
+def unstamped(state: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in state.items() if k != UPDATED_AT}
+
 
 class ConflictRetriesExhausted(RuntimeError):
     """Too many concurrent saves in a row; the host should let the event be redelivered."""
@@ -84,10 +92,10 @@ class NodeHandler:
 
     def handle(self, envelopes: Sequence[Envelope], now: int) -> None:
         """Handle a batch of messages for this server in one step and one save."""
-        self._run(lambda loaded: self._step_all(loaded, envelopes, now))
+        self._run(lambda loaded: self._step_all(loaded, envelopes, now), now)
 
     def tick(self, now: int) -> None:
-        self._run(lambda loaded: self._tick(loaded, now))
+        self._run(lambda loaded: self._tick(loaded, now), now)
 
     @staticmethod
     def _tick(loaded: _Loaded, now: int) -> list[Envelope]:
@@ -108,7 +116,7 @@ class NodeHandler:
 
     # ----------------------------------------------------------------- the unit of work
 
-    def _run(self, action: Callable[[_Loaded], list[Envelope]]) -> None:
+    def _run(self, action: Callable[[_Loaded], list[Envelope]], now: int) -> None:
         with self._lock:
             for _ in range(self.options.max_conflict_retries):
                 loaded = self._cached or self._load()
@@ -117,14 +125,14 @@ class NodeHandler:
                 direct = action(loaded)
                 ready = loaded.server.ready()
                 replies, results = self._apply_committed(loaded)
-                change = self._change(loaded, ready.log_changed_from, results)
+                change = self._change(loaded, ready.log_changed_from, results, now)
                 if change is not None:
                     try:
                         loaded.version = self.store.save(self.server_id, loaded.version, change)
                     except VersionConflict:
                         log.info("server=%s version conflict; reloading", self.server_id)
                         continue
-                    loaded.saved_state = change.state
+                    loaded.saved_state = unstamped(change.state)
                     loaded.stored_last_index = loaded.server.state.last_index
                     if change.snapshot is not None:
                         loaded.snapshot_index = loaded.applied.last_applied
@@ -197,7 +205,7 @@ class NodeHandler:
         )
 
     def _change(
-        self, loaded: _Loaded, log_from: int | None, results: list[ClientResult]
+        self, loaded: _Loaded, log_from: int | None, results: list[ClientResult], now: int
     ) -> Change | None:
         state = loaded.server.state
         new_state = state_to_dict(state)
@@ -207,7 +215,7 @@ class NodeHandler:
         if new_state == loaded.saved_state and log_from is None and not results and not snapshot:
             return None
         return Change(
-            state=new_state,
+            state={**new_state, UPDATED_AT: now},
             log_from=log_from,
             entries=tuple(state.log[log_from - 1 :]) if log_from is not None else (),
             stored_last_index=loaded.stored_last_index,
@@ -238,7 +246,12 @@ class NodeHandler:
             applied.apply(index, state.log[index - 1])
         server = opts.server_factory(state, opts.config)
         return _Loaded(
-            stored.version, server, applied, stored.state, state.last_index, snapshot_index
+            stored.version,
+            server,
+            applied,
+            unstamped(stored.state),
+            state.last_index,
+            snapshot_index,
         )
 
     def _log_transition(self, before: tuple[Role, int], state: ServerState) -> None:
