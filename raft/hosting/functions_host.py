@@ -1,0 +1,156 @@
+"""What the Functions app's triggers call: one object per worker process holding the store,
+the bus, a node handler per server (each with its warm cache) and the HTTP API.
+
+`function_app.py` only registers triggers and forwards here; this module turns the trigger
+payloads (`azure.functions` objects) into node-handler calls and API responses.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+
+import azure.functions as func
+
+from raft.adapters.connections import resolve
+from raft.adapters.poison import LoggingPoisonRecorder, PoisonRecorder
+from raft.adapters.servicebus_bus import ServiceBusBus, receive
+from raft.core.messages import Envelope
+from raft.core.state import Config
+from raft.hosting import settings as names
+from raft.hosting.settings import AppSettings
+from raft.hosts.http_api import ApiLimits, ApiResponse, ClusterApi, header
+from raft.node.handler import NodeHandler, NodeOptions
+from raft.ports.bus import Bus
+from raft.ports.clock import Clock, WallClock
+from raft.ports.store import Store
+
+log = logging.getLogger("raft.functions")
+
+
+def node_options(settings: AppSettings) -> NodeOptions:
+    """Timeouts for a cluster whose clock is a once-a-second timer and whose messages take a
+    Service Bus hop: the election timeout spans several timer periods (DESIGN.md)."""
+    return NodeOptions(
+        config=Config(
+            election_timeout_min=settings.election_timeout_ms,
+            election_timeout_max=2 * settings.election_timeout_ms,
+            heartbeat_interval=settings.heartbeat_ms,
+        )
+    )
+
+
+class FunctionsHost:
+    def __init__(
+        self,
+        settings: AppSettings,
+        store: Store,
+        bus: Bus,
+        recorder: PoisonRecorder | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.bus = bus
+        self.recorder = recorder or LoggingPoisonRecorder()
+        self.clock = clock or WallClock()
+        options = node_options(settings)
+        self.handlers = {
+            s: NodeHandler(s, settings.servers, store, bus, options) for s in settings.servers
+        }
+        self.api = ClusterApi(
+            settings.servers,
+            store,
+            bus,
+            ApiLimits(
+                max_command_bytes=settings.max_command_bytes,
+                wait_s=settings.http_wait_s,
+                max_uncommitted=options.config.max_uncommitted_entries,
+            ),
+        )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> FunctionsHost:
+        from raft.adapters.table_store import TableStore
+
+        source = os.environ if env is None else env
+        settings = AppSettings.from_env(source)
+        store = TableStore.from_connection(
+            resolve(names.STORAGE_CONNECTION, source, "tables"), settings.table
+        )
+        bus = ServiceBusBus.from_connection(
+            resolve(names.SERVICE_BUS_CONNECTION, source, "servicebus"),
+            settings.topic,
+            settings.message_ttl_s,
+        )
+        return cls(settings, store, bus)
+
+    # ----------------------------------------------------------------- triggers
+
+    def on_messages(self, server_id: str, messages: Sequence[func.ServiceBusMessage]) -> None:
+        """A batch from `server_id`'s subscription: malformed messages are recorded and
+        dropped (returning normally completes them); the rest are stepped in one save. An
+        exception makes Service Bus redeliver the batch, which the core tolerates."""
+        envelopes: list[Envelope] = []
+        for message in messages:
+            envelope = receive(message, self.recorder, server_id=server_id)
+            if envelope is not None:
+                envelopes.append(envelope)
+        if envelopes:
+            self.handlers[server_id].handle(envelopes, self.clock.now_ms())
+
+    def on_timer(self) -> None:
+        """Drive every server's deadlines. One server's failure does not starve the others;
+        it is raised after all were ticked so the platform logs it."""
+        now = self.clock.now_ms()
+        failures: list[Exception] = []
+        for server_id, handler in self.handlers.items():
+            try:
+                handler.tick(now)
+            except Exception as exc:
+                log.exception("server=%s tick failed", server_id)
+                failures.append(exc)
+        if failures:
+            raise failures[0]
+
+    # ----------------------------------------------------------------- HTTP
+
+    def post_command(self, req: func.HttpRequest) -> func.HttpResponse:
+        request_id = header(req.headers, "x-request-id") or req.params.get("request_id")
+        return to_http(self.api.post_command(req.get_body(), request_id))
+
+    def get_command(self, req: func.HttpRequest) -> func.HttpResponse:
+        return to_http(self.api.get_command(req.route_params.get("request_id", "")))
+
+    def get_key(self, req: func.HttpRequest) -> func.HttpResponse:
+        return to_http(self.api.get_key(req.route_params.get("key", "")))
+
+    def get_cluster(self, req: func.HttpRequest) -> func.HttpResponse:
+        return to_http(self.api.get_cluster())
+
+
+def to_http(response: ApiResponse) -> func.HttpResponse:
+    return func.HttpResponse(
+        response.text(),
+        status_code=response.status,
+        headers=response.headers,
+        mimetype="application/json",
+    )
+
+
+_host: FunctionsHost | None = None
+
+
+def host() -> FunctionsHost:
+    """The worker's host, built from app settings on first use (a cold start)."""
+    global _host
+    if _host is None:
+        _host = FunctionsHost.from_env()
+    return _host
+
+
+def use_host(instance: FunctionsHost | None) -> None:
+    """Install a host built by hand (tests wire in the in-memory bus this way)."""
+    global _host
+    _host = instance

@@ -1,0 +1,232 @@
+"""The HTTP API, host-neutral: the Functions app and `python -m raft run --serve` both route
+requests here.
+
+    POST /api/commands            submit a command; wait for its committed result
+    GET  /api/commands/{id}       the outcome of an earlier submission
+    GET  /api/kv/{key}            linearizable read (a get through the log)
+    GET  /api/cluster             each server's role, term, commit and last index, leader
+
+A command is sent to the leader with no reply address (`reply_to` empty): every server records
+the result in the store when it applies the entry, and this API polls the leader's record.
+The client id is derived from the caller's request id (`x-request-id` header or `request_id`
+query parameter), so a retried POST with the same id is applied at most once and answered with
+the original result.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from raft.app.kv import KeyValueStore, encode
+from raft.app.state_machine import CommandError
+from raft.core.messages import ClientRequest, Envelope
+from raft.node.handler import UPDATED_AT
+from raft.ports.bus import Bus
+from raft.ports.store import ClientResult, Store
+
+log = logging.getLogger("raft.http")
+
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
+CLIENT_PREFIX = "http-"
+RETRY_AFTER_S = "1"
+
+
+@dataclass(frozen=True)
+class ApiResponse:
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def text(self) -> str:
+        return json.dumps(self.body)
+
+
+def error(status: int, message: str, **headers: str) -> ApiResponse:
+    return ApiResponse(status, {"error": message}, dict(headers))
+
+
+@dataclass(frozen=True)
+class ApiLimits:
+    max_command_bytes: int = 16 * 1024
+    # Bounded well under the platform's 230 s cut; then 202 and a status URL.
+    wait_s: float = 20.0
+    # Uncommitted entries at the leader beyond which new commands are refused at once.
+    max_uncommitted: int = 4096
+    poll_s: float = 0.05
+    # Resend to the (possibly new) leader this often while waiting; the session makes it safe.
+    resend_s: float = 3.0
+
+
+class ClusterApi:
+    def __init__(
+        self,
+        servers: Sequence[str],
+        store: Store,
+        bus: Bus,
+        limits: ApiLimits | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        validate: Callable[[str], None] | None = None,
+    ) -> None:
+        self.servers = list(servers)
+        self.store = store
+        self.bus = bus
+        self.limits = limits or ApiLimits()
+        self.sleep = sleep
+        # The application's own check, so a malformed command is a 400, not a log entry.
+        self.validate = validate or KeyValueStore().validate
+
+    # ----------------------------------------------------------------- routes
+
+    def post_command(self, body: bytes, request_id: str | None) -> ApiResponse:
+        if len(body) > self.limits.max_command_bytes:
+            return error(
+                413, f"command is {len(body)} bytes; the limit is {self.limits.max_command_bytes}"
+            )
+        try:
+            command = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return error(400, f"body is not JSON: {exc}")
+        data = encode(command)
+        try:
+            self.validate(data)
+        except CommandError as exc:
+            return error(400, str(exc))
+        if request_id is None:
+            request_id = uuid.uuid4().hex
+        elif not REQUEST_ID.match(request_id):
+            return error(400, "request id must be 1-100 characters of A-Z a-z 0-9 . _ : -")
+        return self.submit(request_id, data)
+
+    def get_command(self, request_id: str) -> ApiResponse:
+        if not REQUEST_ID.match(request_id):
+            return error(400, "malformed request id")
+        for server_id in self.servers:
+            found = self.store.read_result(server_id, CLIENT_PREFIX + request_id)
+            if found is not None:
+                return self.committed(request_id, found)
+        return ApiResponse(
+            202,
+            {
+                "request_id": request_id,
+                "status": "pending",
+                "detail": "not applied yet (or unknown)",
+            },
+        )
+
+    def get_key(self, key: str) -> ApiResponse:
+        data = encode({"op": "get", "key": key})
+        try:
+            self.validate(data)
+        except CommandError as exc:
+            return error(400, str(exc))
+        response = self.submit(uuid.uuid4().hex, data)
+        if response.status != 200:
+            return response
+        result = response.body["result"]
+        return ApiResponse(
+            200,
+            {
+                "key": key,
+                "found": result["found"],
+                "value": result["value"],
+                "index": response.body["index"],
+                "term": response.body["term"],
+            },
+        )
+
+    def get_cluster(self) -> ApiResponse:
+        servers = []
+        for server_id in self.servers:
+            state = self.store.read_state(server_id) or {}
+            servers.append(
+                {
+                    "id": server_id,
+                    "role": state.get("role", "unknown"),
+                    "term": state.get("current_term", 0),
+                    "commit_index": state.get("commit_index", 0),
+                    "last_index": state.get("last_index", 0),
+                    "leader": state.get("leader_id") or None,
+                    "last_activity_ms": state.get(UPDATED_AT),
+                }
+            )
+        leader = self.find_leader()
+        return ApiResponse(200, {"leader": leader[0] if leader else None, "servers": servers})
+
+    # ----------------------------------------------------------------- submitting
+
+    def submit(self, request_id: str, data: str) -> ApiResponse:
+        client_id = CLIENT_PREFIX + request_id
+        leader = self.find_leader()
+        if leader is None:
+            return error(503, "no leader is known; retry shortly", **{"Retry-After": RETRY_AFTER_S})
+        leader_id, state = leader
+        known = self.store.read_result(leader_id, client_id)
+        if known is not None:
+            return self.committed(request_id, known)
+        if state.get("last_index", 0) - state.get("commit_index", 0) >= self.limits.max_uncommitted:
+            return error(
+                503,
+                "overloaded: too many commands waiting to commit",
+                **{"Retry-After": RETRY_AFTER_S},
+            )
+        request = ClientRequest(client_id, 1, data)
+        log.info("request=%s leader=%s submitted", request_id, leader_id)
+        self.bus.publish([Envelope(client_id, leader_id, request)])
+        deadline = time.monotonic() + self.limits.wait_s
+        resend_at = time.monotonic() + self.limits.resend_s
+        while time.monotonic() < deadline:
+            self.sleep(self.limits.poll_s)
+            found = self.store.read_result(leader_id, client_id)
+            if found is not None:
+                log.info(
+                    "request=%s committed index=%d term=%d", request_id, found.index, found.term
+                )
+                return self.committed(request_id, found)
+            if time.monotonic() >= resend_at:
+                resend_at = time.monotonic() + self.limits.resend_s
+                current = self.find_leader()
+                if current is not None:
+                    leader_id = current[0]
+                self.bus.publish([Envelope(client_id, leader_id, request)])
+        status_url = f"/api/commands/{request_id}"
+        return ApiResponse(
+            202,
+            {"request_id": request_id, "status": "pending", "status_url": status_url},
+            {"Location": status_url},
+        )
+
+    def find_leader(self) -> tuple[str, dict[str, Any]] | None:
+        """The server that believes it leads the highest term, from the stored states."""
+        best: tuple[str, dict[str, Any]] | None = None
+        for server_id in self.servers:
+            state = self.store.read_state(server_id)
+            if state is None or state.get("role") != "leader":
+                continue
+            if best is None or state["current_term"] > best[1]["current_term"]:
+                best = (server_id, state)
+        return best
+
+    @staticmethod
+    def committed(request_id: str, found: ClientResult) -> ApiResponse:
+        return ApiResponse(
+            200,
+            {
+                "request_id": request_id,
+                "result": json.loads(found.result),
+                "index": found.index,
+                "term": found.term,
+            },
+        )
+
+
+def header(headers: Mapping[str, str], name: str) -> str | None:
+    """Case-insensitive header lookup."""
+    lowered = name.lower()
+    return next((v for k, v in headers.items() if k.lower() == lowered), None)
