@@ -11,7 +11,7 @@ from raft.core.messages import Envelope
 from raft.core.state import Role, ServerState
 from raft.node.handler import NodeHandler, NodeOptions
 from raft.ports.bus import Bus
-from raft.ports.clock import Clock, MonotonicClock
+from raft.ports.clock import Clock, WallClock
 from raft.ports.store import Store
 
 
@@ -38,7 +38,7 @@ class LocalCluster:
         self.servers = list(servers)
         self.store = store
         self.bus = bus
-        self.clock = clock or MonotonicClock()
+        self.clock = clock or WallClock()
         self.tick_ms = tick_ms
         self.handlers = {s: NodeHandler(s, self.servers, store, bus, options) for s in servers}
         self._next_tick = 0

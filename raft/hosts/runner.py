@@ -13,13 +13,16 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from raft.adapters.connections import AZURITE_CONNECTION_STRING, Connection, resolve
 from raft.adapters.memory_bus import InMemoryBus
 from raft.adapters.memory_store import InMemoryStore
 from raft.app.kv import encode
 from raft.core.messages import ClientStatus
 from raft.core.state import Config, Role
-from raft.hosting.settings import server_ids
+from raft.hosting.settings import DEFAULTS, TABLE, server_ids
 from raft.hosts.client import RaftClient
+from raft.hosts.http_api import ApiLimits, ClusterApi
+from raft.hosts.http_server import LOOPBACK, ApiServer
 from raft.hosts.local_cluster import LocalCluster
 from raft.node.handler import NodeOptions
 from raft.ports.store import Store
@@ -80,6 +83,27 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the election timers")
     parser.add_argument("--json", action="store_true", help="print one JSON object at the end")
+    parser.add_argument(
+        "--store",
+        choices=["memory", "tables", "azurite"],
+        default="memory",
+        help="where server state lives: in memory (default), Table Storage "
+        "(--connection-string), or Azurite's default local endpoint",
+    )
+    parser.add_argument("--connection-string", help="Table Storage connection string")
+    parser.add_argument("--table", default=DEFAULTS[TABLE], help="table name for --store tables")
+    parser.add_argument(
+        "--serve",
+        action="store_true",
+        help="keep the cluster running and serve the HTTP API on 127.0.0.1",
+    )
+    parser.add_argument("--port", type=int, default=7071, help="port for --serve (default 7071)")
+    parser.add_argument(
+        "--serve-for",
+        type=float,
+        default=0.0,
+        help="with --serve, stop after this many seconds (default: until Ctrl-C)",
+    )
 
 
 def build_options(args: argparse.Namespace) -> NodeOptions:
@@ -102,9 +126,11 @@ def run_requests(args: argparse.Namespace, store: Store, store_name: str, out: T
     started = time.perf_counter()
     worker.start()
     try:
-        resumed = max(s.last_index for s in cluster.states().values())
+        states = cluster.states().values()
+        resumed = max(s.last_index for s in states)
         if resumed:
-            print(f"resuming from stored state: last index {resumed}", file=out)
+            term = max(s.current_term for s in states)
+            print(f"resuming from stored state: term {term}, last index {resumed}", file=out)
         leader = wait_for_leader(cluster, args.request_timeout_s)
         if leader is None:
             print("no leader elected", file=out)
@@ -168,6 +194,53 @@ def submit_all(
         )
 
 
+def open_store(args: argparse.Namespace) -> Store:
+    if args.store == "memory":
+        return InMemoryStore()
+    from raft.adapters.table_store import TableStore
+
+    if args.store == "azurite":
+        connection = Connection(connection_string=AZURITE_CONNECTION_STRING)
+    elif args.connection_string:
+        connection = resolve("RaftStorage", {"RaftStorage": args.connection_string}, "tables")
+    else:
+        raise SystemExit("--store tables needs --connection-string")
+    return TableStore.from_connection(connection, args.table)
+
+
+def serve(args: argparse.Namespace, store: Store, out: TextIO) -> int:
+    servers = server_ids(args.servers)
+    bus = InMemoryBus()
+    cluster = LocalCluster(servers, store, bus, build_options(args))
+    api = ClusterApi(servers, store, bus, ApiLimits(wait_s=args.request_timeout_s))
+    server = ApiServer(api, args.port)
+    worker = threading.Thread(target=cluster.run_forever, name="raft-cluster", daemon=True)
+    worker.start()
+    server.start()
+    print(
+        f"serving http://{LOOPBACK}:{server.server_address[1]}/api with {args.servers} servers "
+        f"({args.store} store); Ctrl-C stops",
+        file=out,
+        flush=True,
+    )
+    try:
+        if args.serve_for:
+            time.sleep(args.serve_for)
+        else:
+            threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.shutdown()
+        server.server_close()
+        cluster.stop()
+        worker.join(timeout=5)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     out = sys.stderr if args.json else sys.stdout
-    return run_requests(args, InMemoryStore(), "memory", out)
+    store = open_store(args)
+    if args.serve:
+        return serve(args, store, out)
+    return run_requests(args, store, args.store, out)

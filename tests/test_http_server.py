@@ -1,0 +1,70 @@
+"""`run --serve`: the same API over real HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+
+from raft.hosts.http_api import ApiLimits, ClusterApi
+from raft.hosts.http_server import ApiServer
+from tests.helpers import ManualCluster
+
+
+@pytest.fixture
+def base_url() -> Iterator[str]:
+    cluster = ManualCluster(3)
+    cluster.elect()
+    api = ClusterApi(
+        cluster.servers,
+        cluster.store,
+        cluster.bus,
+        ApiLimits(wait_s=5.0, poll_s=0.0),
+        sleep=lambda _s: cluster.advance(10),
+    )
+    server = ApiServer(api, port=0)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/api"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def call(
+    url: str, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, object]]:
+    request = urllib.request.Request(
+        url, data=body, headers=headers or {}, method="POST" if body is not None else "GET"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_served_api_commits_a_command_and_reads_it_back(base_url: str) -> None:
+    status, body = call(
+        f"{base_url}/commands", b'{"op": "put", "key": "k", "value": 7}', {"x-request-id": "req-1"}
+    )
+    assert status == 200 and body["result"] == {"ok": True, "previous": None}
+    assert call(f"{base_url}/kv/k")[1]["value"] == 7
+    assert call(f"{base_url}/commands/req-1")[1]["index"] == body["index"]
+
+
+def test_served_api_reports_the_cluster(base_url: str) -> None:
+    status, body = call(f"{base_url}/cluster")
+    assert status == 200 and body["leader"]
+
+
+def test_served_api_answers_bad_json_with_400(base_url: str) -> None:
+    status, body = call(f"{base_url}/commands", b"{nope")
+    assert status == 400 and "not JSON" in str(body["error"])
+
+
+def test_unknown_route_is_404(base_url: str) -> None:
+    assert call(f"{base_url}/nothing")[0] == 404
