@@ -295,3 +295,12 @@ def test_single_server_leader_commits_its_own_entries() -> None:
     propose(leader, 3)
     sent(leader)
     assert leader.state.role is Role.LEADER and leader.state.commit_index == 4
+
+
+def test_append_entries_contradicting_a_committed_entry_is_neither_applied_nor_acknowledged() -> (
+    None
+):
+    follower = server("s2", term=3, log=(1, 1), commit=2)
+    out = deliver(follower, "s1", append(3, "s1", 1, 1, [Entry(3, "c", 9, "other")]))
+    assert [e.term for e in follower.state.log] == [1, 1]
+    assert out == []

@@ -308,7 +308,8 @@ class RaftServer:
                 sender, self.first_index_of_term(conflict_term, m.prev_log_index), conflict_term
             )
             return
-        self.merge_entries(m.prev_log_index, m.entries)
+        if not self.merge_entries(m.prev_log_index, m.entries):
+            return
         last_new = m.prev_log_index + len(m.entries)
         if m.leader_commit > s.commit_index:
             # Receiver rule 5: the index of the last *new* entry, not our last index, since
@@ -316,10 +317,10 @@ class RaftServer:
             s.commit_index = max(s.commit_index, min(m.leader_commit, last_new))
         self.send(sender, AppendEntriesResponse(s.current_term, s.server_id, True, last_new))
 
-    def merge_entries(self, prev_index: int, entries: tuple[Entry, ...]) -> None:
+    def merge_entries(self, prev_index: int, entries: tuple[Entry, ...]) -> bool:
         """Receiver rules 3 and 4: skip entries we already have; truncate only at a real
         conflict (same index, different term), so a stale or reordered AppendEntries never
-        removes entries that match."""
+        removes entries that match. False if the message contradicts a committed entry."""
         s = self.state
         for offset, entry in enumerate(entries):
             index = prev_index + 1 + offset
@@ -328,12 +329,14 @@ class RaftServer:
                     continue
                 if index <= s.commit_index:
                     # Log Matching makes this impossible for a correct leader; refuse to
-                    # destroy committed entries rather than trust the message.
-                    return
+                    # destroy committed entries (and do not acknowledge them) rather than
+                    # trust the message.
+                    return False
                 self.truncate(index)
             for new_entry in entries[offset:]:
                 self.append(new_entry)
-            return
+            return True
+        return True
 
     def first_index_of_term(self, term: int, index: int) -> int:
         s = self.state
