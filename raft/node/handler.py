@@ -138,7 +138,9 @@ class NodeHandler:
                         loaded.snapshot_index = loaded.applied.last_applied
                 self._cached = loaded
                 self._log_transition(before, loaded.server.state)
-                self.bus.publish([*ready.messages, *direct, *replies])
+                outbox = [*ready.messages, *direct, *replies]
+                if outbox:
+                    self.bus.publish(outbox)
                 return
             raise ConflictRetriesExhausted(
                 f"{self.server_id}: {self.options.max_conflict_retries} conflicting saves in a row"
