@@ -239,8 +239,15 @@ def serve(args: argparse.Namespace, store: Store, out: TextIO) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from azure.core.exceptions import ServiceRequestError
+
     out = sys.stderr if args.json else sys.stdout
     store = open_store(args)
-    if args.serve:
-        return serve(args, store, out)
-    return run_requests(args, store, args.store, out)
+    try:
+        if args.serve:
+            return serve(args, store, out)
+        return run_requests(args, store, args.store, out)
+    except ServiceRequestError as exc:
+        hint = " (start it with scripts/azurite)" if args.store == "azurite" else ""
+        print(f"cannot reach Table Storage{hint}: {exc}", file=sys.stderr)
+        return 2
