@@ -244,3 +244,27 @@ def test_malformed_message_changes_nothing_and_completes(cluster: FunctionsClust
     use_host(cluster.hosts[0])
     cluster.function("server_2")([bad])  # returns normally: the message completes
     assert store.read_state("server-2") == before
+
+
+def test_host_built_from_app_settings_keeps_malformed_messages_in_the_poison_partition(
+    azurite: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    table = f"raft{uuid.uuid4().hex[:12]}"
+    env = {
+        **ENV,
+        "RaftStorage": azurite,
+        "RAFT_TABLE": table,
+        "ServiceBusConnection": "Endpoint=sb://localhost;SharedAccessKeyName=Root;"
+        "SharedAccessKey=SAS_KEY_VALUE;UseDevelopmentEmulator=true;",
+    }
+    host = FunctionsHost.from_env(env)
+    bad = trigger_message(
+        Envelope("server-1", "server-2", ClientRequest("x", 1, "{}")), body=b"\xff not a message"
+    )
+    host.on_messages("server-2", [bad])
+    assert host.store.read_state("server-2") is None
+    from azure.data.tables import TableClient
+
+    client = TableClient.from_connection_string(azurite, table)
+    (kept,) = list(client.query_entities("PartitionKey eq 'poison'"))
+    assert "UTF-8" in kept["Reason"] and kept["ServerId"] == "server-2"

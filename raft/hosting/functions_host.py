@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 import azure.functions as func
 
 from raft.adapters.connections import resolve
-from raft.adapters.poison import LoggingPoisonRecorder, PoisonRecorder
+from raft.adapters.poison import LoggingPoisonRecorder, PoisonRecorder, TablePoisonRecorder
 from raft.adapters.servicebus_bus import ServiceBusBus, receive
 from raft.core.messages import Envelope
 from raft.core.state import Config
@@ -84,7 +84,8 @@ class FunctionsHost:
             settings.topic,
             settings.message_ttl_s,
         )
-        return cls(settings, store, bus)
+        # Malformed deliveries are kept in the Raft table's "poison" partition, with reasons.
+        return cls(settings, store, bus, TablePoisonRecorder(store.table))
 
     # ----------------------------------------------------------------- triggers
 
