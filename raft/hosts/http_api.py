@@ -59,7 +59,9 @@ class ApiLimits:
     wait_s: float = 20.0
     # Uncommitted entries at the leader beyond which new commands are refused at once.
     max_uncommitted: int = 4096
-    poll_s: float = 0.05
+    # Polling for the result starts fast and backs off, so a slow commit costs few reads.
+    poll_s: float = 0.02
+    max_poll_s: float = 0.5
     # Resend to the (possibly new) leader this often while waiting; the session makes it safe.
     resend_s: float = 3.0
 
@@ -181,8 +183,10 @@ class ClusterApi:
         self.bus.publish([Envelope(client_id, leader_id, request)])
         deadline = time.monotonic() + self.limits.wait_s
         resend_at = time.monotonic() + self.limits.resend_s
+        poll = self.limits.poll_s
         while time.monotonic() < deadline:
-            self.sleep(self.limits.poll_s)
+            self.sleep(poll)
+            poll = min(self.limits.max_poll_s, poll * 1.5)
             found = self.store.read_result(leader_id, client_id)
             if found is not None:
                 log.info(
