@@ -3,6 +3,8 @@ flow control the paper leaves to implementations (batching, pipelining, backtrac
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from raft.core.messages import (
@@ -15,7 +17,7 @@ from raft.core.messages import (
     Envelope,
 )
 from raft.core.server import RaftServer
-from raft.core.state import Config, Role
+from raft.core.state import Role
 from tests.helpers import (
     CONFIG,
     SERVERS,
@@ -204,10 +206,8 @@ def test_one_append_entries_carries_many_entries() -> None:
 
 
 def test_append_entries_batches_are_bounded_in_count_and_bytes() -> None:
-    config = Config(
-        election_timeout_min=150,
-        election_timeout_max=300,
-        heartbeat_interval=50,
+    config = replace(
+        CONFIG,
         max_entries_per_message=8,
         max_bytes_per_message=1000,
     )
@@ -225,10 +225,8 @@ def test_append_entries_batches_are_bounded_in_count_and_bytes() -> None:
 
 
 def test_leader_pipelines_up_to_the_inflight_limit_to_a_matching_follower() -> None:
-    config = Config(
-        election_timeout_min=150,
-        election_timeout_max=300,
-        heartbeat_interval=50,
+    config = replace(
+        CONFIG,
         max_entries_per_message=2,
         max_inflight_messages=3,
     )
@@ -274,10 +272,8 @@ def test_forwarding_stops_after_the_hop_limit() -> None:
 
 
 def test_leader_refuses_proposals_beyond_its_uncommitted_bound() -> None:
-    config = Config(
-        election_timeout_min=150,
-        election_timeout_max=300,
-        heartbeat_interval=50,
+    config = replace(
+        CONFIG,
         max_uncommitted_entries=4,
     )
     leader = server("s1", term=1, config=config)
