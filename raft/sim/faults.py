@@ -1,0 +1,85 @@
+"""Fault kinds and the per-schedule fault plan (how often each kind is injected).
+
+Swarm testing (Groce et al., 2012; FoundationDB, TigerBeetle): instead of every schedule
+mixing every fault at a fixed rate, each swarm schedule enables a random subset of kinds at
+random rates, so some schedules are, say, all partitions and no loss, which reaches states
+that a uniform mix rarely does.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, fields
+from enum import StrEnum
+
+
+class Fault(StrEnum):
+    DROP = "drop"
+    DUPLICATE = "duplicate"
+    DELAY = "delay"
+    # Not injected: counted when a strategy delivers a message other than the oldest one.
+    REORDER = "reorder"
+    CRASH = "crash"
+    CRASH_AFTER_SAVE = "crash_after_save"
+    RESTART = "restart"
+    PARTITION = "partition"
+    HEAL = "heal"
+    # An event handled by the server's second node-handler instance (two function instances).
+    RACE = "race"
+
+
+@dataclass(frozen=True, slots=True)
+class FaultPlan:
+    """Per-step (or per-message) probabilities of each injected fault."""
+
+    drop: float = 0.0
+    duplicate: float = 0.0
+    delay: float = 0.0
+    crash: float = 0.0
+    crash_after_save: float = 0.0
+    restart: float = 0.0
+    partition: float = 0.0
+    heal: float = 0.0
+    race: float = 0.0
+
+    @classmethod
+    def default(cls) -> FaultPlan:
+        return cls(
+            drop=0.03,
+            duplicate=0.03,
+            delay=0.03,
+            crash=0.01,
+            crash_after_save=0.01,
+            restart=0.06,
+            partition=0.01,
+            heal=0.04,
+            race=0.08,
+        )
+
+    @classmethod
+    def swarm(cls, rng: random.Random) -> FaultPlan:
+        """Each kind on with probability 1/2, at between a fifth of and four times its default
+        rate; restart and heal follow crash and partition so faults can end."""
+        base = cls.default()
+        rates: dict[str, float] = {}
+        for f in fields(cls):
+            on = rng.random() < 0.5
+            scale = rng.uniform(0.2, 4.0)
+            rates[f.name] = min(0.9, getattr(base, f.name) * scale) if on else 0.0
+        if rates["crash"] or rates["crash_after_save"]:
+            rates["restart"] = rates["restart"] or base.restart
+        if rates["partition"]:
+            rates["heal"] = rates["heal"] or base.heal
+        return cls(**rates)
+
+    def to_json(self) -> dict[str, float]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, doc: dict[str, float]) -> FaultPlan:
+        return cls(**doc)
+
+    @property
+    def structural(self) -> bool:
+        """Whether any fault changes the cluster's shape (crashes, partitions)."""
+        return bool(self.crash or self.restart or self.partition or self.heal)

@@ -1,0 +1,69 @@
+"""Delta debugging over a schedule's recorded choices (Zeller & Hildebrandt's ddmin, applied
+to steps, then to single choices).
+
+A schedule is a list of steps, each a list of recorded answers. A candidate is kept if its
+replay violates the same property. Removing a step shifts the ones after it, and a removed
+or zeroed answer falls back to the default (the oldest event, no fault), so every candidate
+is a runnable schedule; most candidates fail differently or not at all, and the search just
+moves on. Each kept candidate is cut at its (possibly earlier) violation step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from raft.sim.monitors import Violation
+
+Steps = list[list[int]]
+
+
+def shrink(
+    run: Callable[[Steps], Violation | None], steps: Steps, violation: Violation, max_runs: int
+) -> tuple[Steps, int]:
+    """Return (a shorter schedule with the same violated property, replays used)."""
+    runs = 0
+
+    def still_fails(candidate: Steps) -> Steps | None:
+        nonlocal runs
+        runs += 1
+        found = run(candidate)
+        if found is None or found.property != violation.property:
+            return None
+        return candidate[: found.step]
+
+    current = [list(s) for s in steps[: violation.step]]
+    # ddmin over whole steps: remove chunks, halving the chunk size when nothing goes.
+    parts = 2
+    while len(current) > 1 and runs < max_runs:
+        size = max(1, len(current) // parts)
+        for start in range(0, len(current), size):
+            if runs >= max_runs:
+                break
+            kept = still_fails(current[:start] + current[start + size :])
+            if kept is not None:
+                current = kept
+                parts = max(parts - 1, 2)
+                break
+        else:
+            if size == 1:
+                break
+            parts = min(len(current), parts * 2)
+    # Then make each remaining step, and each remaining answer, the default where possible.
+    for i in reversed(range(len(current))):
+        if runs >= max_runs or i >= len(current) or not any(current[i]):
+            continue
+        kept = still_fails([*current[:i], [], *current[i + 1 :]])
+        if kept is not None:
+            current = kept
+    for i in reversed(range(len(current))):
+        for j in reversed(range(len(current[i]) if i < len(current) else 0)):
+            if runs >= max_runs or i >= len(current) or j >= len(current[i]):
+                break
+            if current[i][j] == 0:
+                continue
+            candidate = [list(s) for s in current]
+            candidate[i][j] = 0
+            kept = still_fails(candidate)
+            if kept is not None:
+                current = kept
+    return current, runs
