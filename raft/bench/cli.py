@@ -1,0 +1,171 @@
+"""`python -m raft bench` (also `python -m raft.bench`): arguments and the whole run.
+
+Every measurement is bounded in count and in time; the default run takes about two to three
+minutes, `--quick` a few seconds (for tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from dataclasses import dataclass
+
+from raft.bench import pysyncobj_baseline
+from raft.bench.cost_model import AzureModel
+from raft.bench.inprocess import RUNNER_CONFIG, InProcessCluster
+from raft.bench.overload import run_overload
+from raft.bench.report import RATIO_CLUSTER, TARGET_CLIENTS, BenchReport
+from raft.bench.simspeed import measure_sim
+from raft.bench.workload import ANCHOR_COMMANDS, Workload
+
+
+@dataclass(frozen=True)
+class Sizes:
+    commands: dict[int, int]
+    cell_budget_s: float
+    idle_s: float
+    pysyncobj_commands: int
+    overload_s: float
+    overload_max: int
+    recovery_commands: int
+    sim_iterations: int
+    # The leader's bound on uncommitted entries (Config.max_uncommitted_entries) in the
+    # overload section; the quick run's counts are too small to fill the default.
+    queue_bound: int
+
+
+FULL = Sizes({1: 2_000, 10: 5_000, 100: ANCHOR_COMMANDS}, 20.0, 5.0, ANCHOR_COMMANDS, 2.0,
+             60_000, 10_000, 1000, RUNNER_CONFIG.max_uncommitted_entries)  # fmt: skip
+QUICK = Sizes({1: 30, 10: 100, 100: 300}, 10.0, 0.3, 300, 0.2, 2_000, 300, 5, 64)
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true", help="tiny counts (for tests)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--json-out", help="also write the JSON object to this file")
+    parser.add_argument("--servers", type=int, nargs="+", default=[3, 5], help="cluster sizes")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 10, 100])
+    parser.add_argument(
+        "--commands", type=int, help="commands per cell (default: 2000/5000/20000 by clients)"
+    )
+    parser.add_argument("--cell-budget-s", type=float, help="wall-clock bound of one cell")
+    parser.add_argument("--idle-s", type=float, help="idle interval measured per cluster size")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the election timers")
+    parser.add_argument("--no-pysyncobj", action="store_true", help="skip the baseline")
+    parser.add_argument(
+        "--pysyncobj-tuned-period-ms",
+        type=float,
+        default=5.0,
+        help="also run PySyncObj with this appendEntriesPeriod (0: skip; default 5)",
+    )
+    parser.add_argument("--no-overload", action="store_true", help="skip the overload section")
+    parser.add_argument("--overload-factor", type=float, default=3.0)
+    parser.add_argument("--no-sim", action="store_true", help="skip the simulator speed")
+    parser.add_argument("--sim-iterations", type=int, help="default 1000 (quick: 5)")
+    parser.add_argument("--sim-timeout-s", type=float, default=120.0)
+    defaults = AzureModel()
+    for name in AzureModel.parameters():
+        parser.add_argument(
+            f"--azure-{name.replace('_', '-')}",
+            dest=f"azure_{name}",
+            type=float,
+            default=getattr(defaults, name),
+            help=f"cost model parameter (default {getattr(defaults, name):g})",
+        )
+
+
+def _model(args: argparse.Namespace) -> AzureModel:
+    return AzureModel(**{name: getattr(args, f"azure_{name}") for name in AzureModel.parameters()})
+
+
+def _progress(args: argparse.Namespace, text: str) -> None:
+    print(text, file=sys.stderr if args.json else sys.stdout, flush=True)
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    argv = getattr(args, "bench_argv", None)
+    if argv is None:
+        argv = sys.argv[1:]
+        argv = argv[argv.index("bench") + 1 :] if "bench" in argv else argv
+    return shlex.join(["python", "-m", "raft", "bench", *argv])
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    sizes = QUICK if args.quick else FULL
+    budget = args.cell_budget_s or sizes.cell_budget_s
+    report = BenchReport(_command_line(args), _model(args))
+    for servers in args.servers:
+        for clients in args.clients:
+            count = args.commands or sizes.commands.get(clients, sizes.commands[100])
+            cluster = InProcessCluster(servers, seed=args.seed)
+            cluster.wait_for_leader()
+            cell = cluster.run_closed_loop(Workload(count, clients, budget_s=budget))
+            report.cells.append(cell)
+            _progress(args, f"in-process {servers} servers, {clients} clients: "
+                            f"{cell.committed}/{count}, {cell.throughput:.0f} cmd/s")  # fmt: skip
+        cluster = InProcessCluster(servers, seed=args.seed)
+        cluster.wait_for_leader()
+        report.idle.append(cluster.run_idle(args.idle_s or sizes.idle_s))
+    if not args.no_pysyncobj:
+        run_pysyncobj(args, sizes, budget, report)
+    if not args.no_overload:
+        anchor = report.cell(RATIO_CLUSTER, TARGET_CLIENTS) or report.cells[-1]
+        _progress(args, f"overload at {args.overload_factor:g}x {anchor.throughput:.0f} cmd/s")
+        report.overload = run_overload(
+            anchor.throughput,
+            servers=anchor.servers,
+            factor=args.overload_factor,
+            seconds=sizes.overload_s,
+            max_commands=sizes.overload_max,
+            recovery_commands=sizes.recovery_commands,
+            clients=anchor.clients,
+            budget_s=budget,
+            queue_bound=sizes.queue_bound,
+        )
+    if not args.no_sim:
+        _progress(args, "simulator speed")
+        report.sim = measure_sim(
+            iterations=args.sim_iterations or sizes.sim_iterations, timeout_s=args.sim_timeout_s
+        )
+    doc = report.to_json()
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(doc, f, indent=1)
+    if args.json:
+        print(json.dumps(doc))
+    else:
+        print(report.to_text())
+    failed = [c for c in report.cells if c.committed != c.requested]
+    return 1 if failed else 0
+
+
+def run_pysyncobj(
+    args: argparse.Namespace, sizes: Sizes, budget: float, report: BenchReport
+) -> None:
+    if not pysyncobj_baseline.available():
+        report.pysyncobj_note = "PySyncObj not installed (pip install pysyncobj==0.3.17)"
+        return
+    # Its default period makes 20,000 writes at 100 clients take about 21 s: a longer bound.
+    workload = Workload(sizes.pysyncobj_commands, TARGET_CLIENTS, budget_s=max(budget, 60.0))
+    _progress(args, "pysyncobj (default batching period)")
+    report.pysyncobj = pysyncobj_baseline.run_baseline(workload)
+    if args.pysyncobj_tuned_period_ms > 0:
+        _progress(args, f"pysyncobj (appendEntriesPeriod {args.pysyncobj_tuned_period_ms:g} ms)")
+        report.pysyncobj_tuned = pysyncobj_baseline.run_baseline(
+            workload, append_period_s=args.pysyncobj_tuned_period_ms / 1000
+        )
+    report.pysyncobj_note = (
+        "PySyncObj with batching sends AppendEntries on a timer (appendEntriesPeriod), so at a "
+        "fixed number of clients its throughput is about clients / period; the ratio in the "
+        "JSON is against its default period, the tuned row shows a shorter one."
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m raft bench", description=__doc__)
+    add_bench_arguments(parser)
+    args = parser.parse_args(argv)
+    args.bench_argv = argv
+    return run_bench(args)
