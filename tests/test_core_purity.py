@@ -9,8 +9,23 @@ from pathlib import Path
 import pytest
 
 CORE = Path(__file__).resolve().parent.parent / "raft" / "core"
-FORBIDDEN = {"azure", "time", "datetime", "random", "secrets", "uuid", "threading", "asyncio",
-             "concurrent", "multiprocessing", "os", "socket", "subprocess", "io", "logging"}
+FORBIDDEN = {
+    "azure",
+    "time",
+    "datetime",
+    "random",
+    "secrets",
+    "uuid",
+    "threading",
+    "asyncio",
+    "concurrent",
+    "multiprocessing",
+    "os",
+    "socket",
+    "subprocess",
+    "io",
+    "logging",
+}
 ALLOWED_PROJECT = "raft.core"
 
 
