@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 
+from raft.bench import cli as bench_cli
 from raft.hosts import runner
 
 
@@ -16,6 +17,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run a local cluster and submit requests (main job)")
     runner.add_run_arguments(run)
     run.set_defaults(handler=runner.run)
+    bench = commands.add_parser("bench", help="measure throughput, latency, messages and writes")
+    bench_cli.add_bench_arguments(bench)
+    bench.set_defaults(handler=bench_cli.run_bench)
     return parser
 
 
