@@ -3,7 +3,13 @@ Ongaro's thesis (§9.6, §6.2, §4.2.3)."""
 
 from __future__ import annotations
 
-from raft.core.messages import AppendEntries, RequestVote, RequestVoteResponse
+from raft.core.messages import (
+    AppendEntries,
+    ClientRequest,
+    Envelope,
+    RequestVote,
+    RequestVoteResponse,
+)
 from raft.core.state import Role
 from tests.helpers import (
     CONFIG,
@@ -166,14 +172,30 @@ def test_leader_with_a_quorum_of_responses_stays_leader() -> None:
     assert s.state.role is Role.LEADER
 
 
-def test_leader_sends_heartbeats_every_heartbeat_interval() -> None:
+def test_leader_sends_one_heartbeat_per_period_to_each_follower_it_has_not_sent_to() -> None:
     s = server(term=1)
     make_leader(s, now=1000)
-    s.tick(1000 + CONFIG.heartbeat_interval)
+    hb = CONFIG.heartbeat_interval
+    # The new leader's first AppendEntries went out in this period: they were the heartbeat.
+    s.tick(1000 + hb)
+    assert not sent(s)
+    s.tick(1000 + 2 * hb)
     beats = [e for e in sent(s) if isinstance(e.message, AppendEntries)]
     assert sorted(e.to for e in beats) == ["s2", "s3"]
-    s.tick(1000 + CONFIG.heartbeat_interval + 1)
+    s.tick(1000 + 2 * hb + 1)
     assert not sent(s), "no second heartbeat within the same period"
+
+
+def test_follower_that_received_entries_this_period_gets_no_extra_heartbeat() -> None:
+    s = server(term=1)
+    make_leader(s, now=1000)
+    hb = CONFIG.heartbeat_interval
+    s.tick(1000 + hb)
+    deliver(s, "s2", ack(2, "s2", 1), now=1000 + hb)
+    s.step(Envelope("c", "s1", ClientRequest("c", 1, "{}", "c")), 1000 + hb)
+    assert [e.to for e in sent(s) if isinstance(e.message, AppendEntries)] == ["s2"]
+    s.tick(1000 + 2 * hb)
+    assert [e.to for e in sent(s) if isinstance(e.message, AppendEntries)] == ["s3"]
 
 
 def test_single_server_cluster_elects_itself() -> None:

@@ -62,7 +62,9 @@ def test_figure_7_follower_log_converges_to_the_leaders(case: str) -> None:
     leader = server("s1", servers=SERVERS, term=7, log=FIGURE_7_LEADER)
     make_leader(leader)
     follower = server("s2", servers=SERVERS, term=7, log=FIGURE_7_FOLLOWERS[case])
-    leader.tick(1000 + CONFIG.heartbeat_interval)  # heartbeat: AppendEntries to every follower
+    # The first heartbeat period was the election's own AppendEntries; the next one sends.
+    leader.tick(1000 + CONFIG.heartbeat_interval)
+    leader.tick(1000 + 2 * CONFIG.heartbeat_interval)
     rounds = exchange(leader, follower)
     assert [e.term for e in follower.state.log] == [e.term for e in leader.state.log]
     assert follower.state.log == leader.state.log

@@ -95,9 +95,13 @@ class RaftServer:
             if now >= s.heartbeat_deadline:
                 s.heartbeat_deadline = now + self.config.heartbeat_interval
                 for peer in s.peers:
+                    if peer in s.replicated:
+                        # An AppendEntries went out this period; it was the heartbeat.
+                        continue
                     s.inflight[peer] = 0
                     self._heartbeat_due.add(peer)
                     self._to_replicate.add(peer)
+                s.replicated = set()
         elif now >= s.election_deadline:
             if self.config.pre_vote:
                 self.become_pre_candidate(now)
@@ -207,6 +211,7 @@ class RaftServer:
         s.inflight.clear()
         s.probing.clear()
         s.recent_active.clear()
+        s.replicated.clear()
 
     def reset_election_timer(self, now: int) -> None:
         s = self.state
@@ -408,6 +413,8 @@ class RaftServer:
         s = self.state
         cap = 1 if peer in s.probing else self.config.max_inflight_messages
         must_send = peer in self._heartbeat_due
+        if not must_send and s.inflight[peer] < cap:
+            s.replicated.add(peer)
         while s.inflight[peer] < cap or must_send:
             must_send = False
             prev = s.next_index[peer] - 1

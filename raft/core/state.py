@@ -72,6 +72,8 @@ class ServerState:
     probing: set[ServerId] = field(default_factory=set)
     # Check-quorum (thesis §6.2): followers heard from since the last check.
     recent_active: set[ServerId] = field(default_factory=set)
+    # Followers sent an AppendEntries since the last heartbeat: it served as the heartbeat.
+    replicated: set[ServerId] = field(default_factory=set)
     # Timers, as absolute times; 0 means "not yet armed".
     election_deadline: int = 0
     heartbeat_deadline: int = 0
@@ -129,6 +131,7 @@ def state_to_dict(state: ServerState) -> dict[str, Any]:
     out["inflight"] = dict(state.inflight)
     out["probing"] = sorted(state.probing)
     out["recent_active"] = sorted(state.recent_active)
+    out["replicated"] = sorted(state.replicated)
     return out
 
 
@@ -143,4 +146,5 @@ def state_from_dict(server_id: ServerId, doc: dict[str, Any], log: list[Entry]) 
     state.inflight = dict(doc["inflight"])
     state.probing = set(doc["probing"])
     state.recent_active = set(doc["recent_active"])
+    state.replicated = set(doc["replicated"])
     return state
