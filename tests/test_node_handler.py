@@ -243,3 +243,19 @@ def test_a_step_that_changes_nothing_saves_nothing(cluster: ManualCluster) -> No
     cluster.handlers[follower].handle([], cluster.now)
     assert cluster.store.saves == saves
     assert isinstance(Change(state={}), Change)
+
+
+def test_a_larger_applied_state_is_snapshotted_less_often() -> None:
+    c = ManualCluster(3, NodeOptions(config=CONFIG, snapshot_every=4, snapshot_chars_per_entry=20))
+    leader = c.elect()
+    indexes = []
+    for seq in range(1, 41):
+        c.submit(ClientRequest("c", seq, put(f"key-{seq}", "x" * 40), "c"))
+        stored = c.store.load(leader)
+        if stored is not None and stored.snapshot:
+            applied = json.loads(stored.snapshot)["last_applied"]
+            if not indexes or indexes[-1] != applied:
+                indexes.append(applied)
+    first, second = indexes[:2]
+    assert first == 4, "the first snapshot comes after snapshot_every entries"
+    assert second - first > 4, f"the next waits longer, the state being larger: {indexes}"

@@ -29,12 +29,9 @@ class InMemoryBus:
     def drain(self, address: str) -> list[Envelope]:
         """Everything queued for `address`, oldest first."""
         with self._lock:
-            queue = self._queues.get(address)
-            if not queue:
-                return []
-            items = list(queue)
-            queue.clear()
-            return items
+            # Removing the queue keeps the bus bounded however many client addresses it sees.
+            queue = self._queues.pop(address, None)
+            return list(queue) if queue else []
 
     def pending(self) -> int:
         with self._lock:

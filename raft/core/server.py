@@ -456,12 +456,20 @@ class RaftServer:
             elif m.reply_to:
                 self.reply(m, ClientStatus.NOT_LEADER)
             return
-        if s.last_index - s.commit_index >= self.config.max_uncommitted_entries:
+        if self.overloaded():
             if m.reply_to:
                 self.reply(m, ClientStatus.OVERLOADED)
             return
         self.append(Entry(s.current_term, m.client_id, m.seq, m.data, m.reply_to))
         self._to_replicate.update(s.peers)
+
+    def overloaded(self) -> bool:
+        """A leader refuses proposals once too many entries wait to commit, so a load past
+        capacity is turned away at once instead of growing the log without bound."""
+        s = self.state
+        return s.role is Role.LEADER and (
+            s.last_index - s.commit_index >= self.config.max_uncommitted_entries
+        )
 
     def reply(self, m: ClientRequest, status: ClientStatus) -> None:
         s = self.state

@@ -54,6 +54,7 @@ class _Loaded:
     saved_state: dict[str, Any] | None
     stored_last_index: int
     snapshot_index: int
+    snapshot_chars: int
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,11 @@ class NodeOptions:
     server_factory: ServerFactory = RaftServer
     machine_factory: Callable[[], StateMachine] = KeyValueStore
     # Save the applied state every this many applied entries, so a cold instance replays at
-    # most this many entries.
+    # most this many entries; a large state waits longer (one applied entry per
+    # `snapshot_chars_per_entry` characters of the last snapshot), so snapshotting costs a
+    # bounded amount per command however many keys and client sessions it holds.
     snapshot_every: int = 128
+    snapshot_chars_per_entry: int = 256
     max_sessions: int = DEFAULT_MAX_SESSIONS
     max_conflict_retries: int = 16
 
@@ -136,6 +140,7 @@ class NodeHandler:
                     loaded.stored_last_index = loaded.server.state.last_index
                     if change.snapshot is not None:
                         loaded.snapshot_index = loaded.applied.last_applied
+                        loaded.snapshot_chars = len(change.snapshot)
                 self._cached = loaded
                 self._log_transition(before, loaded.server.state)
                 outbox = [*ready.messages, *direct, *replies]
@@ -167,6 +172,8 @@ class NodeHandler:
             return self._ok(m.client_id, session, state.leader_id)
         if applied.is_stale(m.client_id, m.seq):
             return ClientResponse(m.client_id, m.seq, ClientStatus.STALE)
+        if loaded.server.overloaded():
+            return None  # the core refuses it; no need to parse the command first
         try:
             applied.machine.validate(m.data)
         except CommandError as exc:
@@ -212,7 +219,9 @@ class NodeHandler:
         state = loaded.server.state
         new_state = state_to_dict(state)
         snapshot = None
-        if loaded.applied.last_applied - loaded.snapshot_index >= self.options.snapshot_every:
+        opts = self.options
+        interval = max(opts.snapshot_every, loaded.snapshot_chars // opts.snapshot_chars_per_entry)
+        if loaded.applied.last_applied - loaded.snapshot_index >= interval:
             snapshot = loaded.applied.snapshot()
         if new_state == loaded.saved_state and log_from is None and not results and not snapshot:
             return None
@@ -234,7 +243,7 @@ class NodeHandler:
             )
             applied = AppliedState(opts.machine_factory(), opts.max_sessions)
             server = opts.server_factory(state, opts.config)
-            return _Loaded(None, server, applied, None, 0, 0)
+            return _Loaded(None, server, applied, None, 0, 0, 0)
         state = state_from_dict(self.server_id, stored.state, stored.log)
         if state.servers != self.servers:
             raise ValueError(
@@ -254,6 +263,7 @@ class NodeHandler:
             unstamped(stored.state),
             state.last_index,
             snapshot_index,
+            len(stored.snapshot or ""),
         )
 
     def _log_transition(self, before: tuple[Role, int], state: ServerState) -> None:
