@@ -45,10 +45,13 @@ class AzureModel:
     servicebus_base_usd_per_month: float = 9.86
     servicebus_ops_per_message: float = 2.0
     table_usd_per_10k_transactions: float = 0.00036
-    functions_usd_per_million_executions: float = 0.20
-    functions_usd_per_gb_s: float = 0.000016
-    function_memory_gb: float = 0.128
-    function_billed_ms: float = 100.0
+    # Flex Consumption on demand (the plan infra/main.bicep deploys): executions and GB-s of
+    # the instance's memory (the template's default 2,048 MB) while it executes, at an assumed
+    # minimum billable period of 1 s per execution.
+    functions_usd_per_million_executions: float = 0.40
+    functions_usd_per_gb_s: float = 0.000026
+    function_memory_gb: float = 2.048
+    function_billed_ms: float = 1000.0
     messages_per_execution: float = 1.0
     # The Functions app's timing (raft/hosting/settings.py defaults).
     heartbeat_ms: float = 1000.0
