@@ -1,7 +1,7 @@
 """Activity coverage (Coyote's): for each role, which message kinds servers received and
 sent, which role transitions happened, and which fault kinds were exercised.
 
-Counters are keyed by plain strings, so merging the coverage of many schedules (from any
+Counters are keyed by plain tuples of strings, so merging the coverage of many schedules (from any
 number of worker processes) is a sum and does not depend on the order they finish in.
 """
 
@@ -16,9 +16,9 @@ ROLES = ("follower", "pre_candidate", "candidate", "leader")
 
 @dataclass
 class Coverage:
-    received: Counter[str] = field(default_factory=Counter)  # "role/kind"
-    sent: Counter[str] = field(default_factory=Counter)  # "role/kind"
-    transitions: Counter[str] = field(default_factory=Counter)  # "from->to"
+    received: Counter[tuple[str, str]] = field(default_factory=Counter)  # (role, kind)
+    sent: Counter[tuple[str, str]] = field(default_factory=Counter)  # (role, kind)
+    transitions: Counter[tuple[str, str]] = field(default_factory=Counter)  # (from, to)
     faults: Counter[str] = field(default_factory=Counter)
 
     def merge(self, other: Coverage) -> None:
@@ -28,17 +28,16 @@ class Coverage:
         self.faults.update(other.faults)
 
     def to_json(self) -> dict[str, Any]:
-        def nested(counter: Counter[str], sep: str) -> dict[str, dict[str, int]]:
+        def nested(counter: Counter[tuple[str, str]]) -> dict[str, dict[str, int]]:
             out: dict[str, dict[str, int]] = {}
-            for key in sorted(counter):
-                outer, inner = key.split(sep, 1)
-                out.setdefault(outer, {})[inner] = counter[key]
+            for outer, inner in sorted(counter):
+                out.setdefault(outer, {})[inner] = counter[outer, inner]
             return out
 
         return {
-            "received": nested(self.received, "/"),
-            "sent": nested(self.sent, "/"),
-            "transitions": nested(self.transitions, "->"),
+            "received": nested(self.received),
+            "sent": nested(self.sent),
+            "transitions": nested(self.transitions),
             "faults": {k: self.faults[k] for k in sorted(self.faults)},
         }
 

@@ -26,11 +26,13 @@ class Fault(StrEnum):
     HEAL = "heal"
     # An event handled by the server's second node-handler instance (two function instances).
     RACE = "race"
+    # A server's clock jumps (function instances run on machines whose clocks disagree).
+    SKEW = "clock_skew"
 
 
 @dataclass(frozen=True, slots=True)
 class FaultPlan:
-    """Per-step (or per-message) probabilities of each injected fault."""
+    """Per-step probabilities of each injected fault (at most one fault per step)."""
 
     drop: float = 0.0
     duplicate: float = 0.0
@@ -41,6 +43,7 @@ class FaultPlan:
     partition: float = 0.0
     heal: float = 0.0
     race: float = 0.0
+    skew: float = 0.0
 
     @classmethod
     def default(cls) -> FaultPlan:
@@ -50,10 +53,11 @@ class FaultPlan:
             delay=0.03,
             crash=0.01,
             crash_after_save=0.01,
-            restart=0.06,
+            restart=0.03,
             partition=0.01,
             heal=0.04,
-            race=0.08,
+            race=0.05,
+            skew=0.02,
         )
 
     @classmethod
@@ -78,8 +82,3 @@ class FaultPlan:
     @classmethod
     def from_json(cls, doc: dict[str, float]) -> FaultPlan:
         return cls(**doc)
-
-    @property
-    def structural(self) -> bool:
-        """Whether any fault changes the cluster's shape (crashes, partitions)."""
-        return bool(self.crash or self.restart or self.partition or self.heal)

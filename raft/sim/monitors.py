@@ -49,7 +49,12 @@ class LogDigests:
 
 
 class Monitor:
+    """Called after saves that can matter to it: `trigger` is "leader" (the server is a
+    leader after the save), "log" (its log changed) or "commit" (its commit or applied
+    index, or its log, changed). Returns a description of a violation, or None."""
+
     name = "monitor"
+    trigger = "log"
 
     def on_save(
         self,
@@ -66,6 +71,7 @@ class ElectionSafety(Monitor):
     """§5.2: at most one leader per term."""
 
     name = "election-safety"
+    trigger = "leader"
 
     def __init__(self) -> None:
         self.leaders: dict[int, str] = {}
@@ -92,6 +98,7 @@ class LeaderAppendOnly(Monitor):
     """§5.3: a leader never overwrites or deletes entries in its log."""
 
     name = "leader-append-only"
+    trigger = "leader"
 
     def on_save(
         self,
@@ -157,6 +164,7 @@ class StateMachineSafety(Monitor):
     it, and must still be in its log."""
 
     name = "state-machine-safety"
+    trigger = "commit"
 
     def __init__(self, digests: LogDigests) -> None:
         self.digests = digests
@@ -194,6 +202,7 @@ class LeaderCompleteness(Monitor):
     stale term elected late need not hold entries committed in later terms.)"""
 
     name = "leader-completeness"
+    trigger = "leader"
 
     def __init__(self, digests: LogDigests) -> None:
         self.digests = digests
@@ -225,11 +234,12 @@ class LeaderCompleteness(Monitor):
         return None
 
 
-class Durability:
+class Durability(Monitor):
     """Every write a client saw acknowledged is in the persisted log of a majority, so it
     survives the crash of any minority (and stays there)."""
 
     name = "durability"
+    trigger = "log"
 
     def __init__(self, servers: tuple[str, ...], views: dict[str, PersistedView]) -> None:
         self.servers = servers
@@ -252,7 +262,14 @@ class Durability:
         self.acked[index] = (term, op.client, op.seq, holders)
         return self._check(index)
 
-    def on_save(self, server: str, change: Change) -> str | None:
+    def on_save(
+        self,
+        server: str,
+        before: dict[str, Any] | None,
+        change: Change,
+        old_length: int,
+        view: PersistedView,
+    ) -> str | None:
         if change.log_from is None or not self.acked:
             return None
         for index, (term, client, seq, holders) in self.acked.items():

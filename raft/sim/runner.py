@@ -19,7 +19,7 @@ from raft.sim.faults import FaultPlan
 from raft.sim.monitors import Violation
 from raft.sim.shrink import shrink
 from raft.sim.simulator import Outcome, ScheduleSpec, SimSetup, Simulator
-from raft.sim.strategies import PORTFOLIO, STRATEGIES, Recorder, Replayer, Strategy
+from raft.sim.strategies import PORTFOLIO, STRATEGIES, Live, Recorder, Replayer, Strategy
 
 STRATEGY_CHOICES = ("portfolio", "swarm", *PORTFOLIO)
 # Schedules per unit of work handed to a process (fixed, so results never depend on -j).
@@ -79,16 +79,24 @@ def run_batch(options: RunOptions, start: int, stop: int) -> Batch:
     batch = Batch()
     for index in range(start, stop):
         spec, strategy = schedule(options, index)
-        recorder = Recorder(strategy)
-        outcome = Simulator(options.setup, spec, recorder).run()
+        outcome = Simulator(options.setup, spec, Live(strategy)).run()
         batch.schedules += 1
         batch.steps += outcome.steps
         batch.fair_schedules += spec.fair_suffix
         batch.coverage.merge(outcome.coverage)
         if outcome.violation is not None:
-            batch.failure = Failure(spec, outcome.violation, recorder.steps)
+            batch.failure = record(options, index)
             break
     return batch
+
+
+def record(options: RunOptions, index: int) -> Failure:
+    """Run schedule `index` again, writing its choices down."""
+    spec, strategy = schedule(options, index)
+    recorder = Recorder(strategy)
+    outcome = Simulator(options.setup, spec, recorder).run()
+    assert outcome.violation is not None, "schedules are deterministic"
+    return Failure(spec, outcome.violation, recorder.steps)
 
 
 def _run_batch_job(job: tuple[RunOptions, int, int]) -> Batch:
@@ -151,7 +159,10 @@ def _absorb(total: Batch, batch: Batch, options: RunOptions, progress: Progress 
 def replay(
     setup: SimSetup, spec: ScheduleSpec, choices: Sequence[Sequence[int]], tracing: bool = False
 ) -> Outcome:
-    return Simulator(setup, spec, Replayer(choices), tracing=tracing).run()
+    """Replay recorded choices. In a fair schedule faults stop where the choices end, which is
+    where they stopped when recorded, and earlier once the shrinker has removed steps."""
+    prefix = min(len(choices), setup.max_steps)
+    return Simulator(setup, spec, Replayer(choices), tracing=tracing, prefix_steps=prefix).run()
 
 
 @dataclass

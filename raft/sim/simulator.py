@@ -12,7 +12,7 @@ crash after the save that loses the outbox the handler was publishing).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,10 +44,16 @@ from raft.sim.strategies import FAIR, Choices, Recorder
 from raft.sim.variants import PRODUCTION, ServerFactory, resolve_target
 
 NO_FAULTS = FaultPlan()
+# The per-step fault draw's outcomes (0: none), in the order of `Simulator._fault_rates`.
+CRASH, RESTART, PARTITION, HEAL, SKEW, DROP, DUPLICATE, DELAY, RACE, CRASH_AFTER_SAVE = range(1, 11)
 # A timer event that changed nothing (an instance whose cached state is stale still thinks
 # the deadline is ahead) comes back after this many virtual ms, as a periodic timer trigger
 # would; otherwise virtual time would never reach the stale deadline.
 TIMER_PERIOD = 10
+# A clock jump sets a server's offset from virtual time to one of these (ms). Raft's safety
+# must not depend on clocks; skew makes timeouts fire early or late, as Coyote's
+# nondeterministic timers do.
+SKEWS = (-300, -200, -100, -50, 0, 50, 100, 200, 300)
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,10 @@ class SimSetup:
     election_timeout_min: int = 150
     election_timeout_max: int = 300
     heartbeat_interval: int = 50
+    # Small batches and windows, so that a few dozen entries already exercise batching,
+    # pipelining and probing (the production defaults need hundreds).
+    max_entries_per_message: int = 1
+    max_inflight_messages: int = 2
     client_timeout: int = 200
     target: str = PRODUCTION
 
@@ -71,6 +81,8 @@ class SimSetup:
             election_timeout_min=self.election_timeout_min,
             election_timeout_max=self.election_timeout_max,
             heartbeat_interval=self.heartbeat_interval,
+            max_entries_per_message=self.max_entries_per_message,
+            max_inflight_messages=self.max_inflight_messages,
         )
 
     def server_ids(self) -> tuple[str, ...]:
@@ -130,8 +142,11 @@ class Simulator:
         *,
         tracing: bool = False,
         scripts: Sequence[deque[dict[str, Any]]] = (),
+        prefix_steps: int | None = None,
     ) -> None:
         self.setup = setup
+        # Steps before faults stop (a shrunk fair schedule may stop them sooner).
+        self.prefix_steps = setup.max_steps if prefix_steps is None else prefix_steps
         self.spec = spec
         self.choices = choices
         self.recorder = choices if isinstance(choices, Recorder) else None
@@ -150,10 +165,15 @@ class Simulator:
         self.coverage = Coverage()
         self.network = Network(self.servers)
         self.down: set[str] = set()
+        self.skew = dict.fromkeys(self.servers, 0)
+        # Scenario tests: messages matching this are delivered twice.
+        self.duplicate_filter: Callable[[Envelope], bool] | None = None
         self.store = WatchedStore(self.servers, self._on_save)
         self.views = self.store.views
         self._outbox_lost = False
         self._saved = False
+        self._fault = 0
+        self._delay = 0
         options = NodeOptions(
             config=self.config,
             seed=spec.node_seed,
@@ -193,6 +213,11 @@ class Simulator:
             LeaderCompleteness(self.digests),
         ]
         self.durability = Durability(self.servers, self.views)
+        self.save_monitors.append(self.durability)
+        self._watching = {
+            trigger: [m for m in self.save_monitors if m.trigger == trigger]
+            for trigger in ("leader", "log", "commit")
+        }
         self.linearizability = Linearizability()
         self.liveness = Liveness(setup.liveness_steps)
         self.tracing = tracing
@@ -203,7 +228,8 @@ class Simulator:
     # ----------------------------------------------------------------- running
 
     def run(self) -> Outcome:
-        while self.step_no < self.setup.max_steps and self.violation is None:
+        limit = self.prefix_steps if self.spec.fair_suffix else self.setup.max_steps
+        while self.step_no < limit and self.violation is None:
             self.step()
         if self.violation is None and self.spec.fair_suffix:
             self.stop_faults()
@@ -227,13 +253,30 @@ class Simulator:
 
     def set_plan(self, plan: FaultPlan) -> None:
         self.plan = plan
-        self._structural = plan.structural
-        # Mutually exclusive faults share one draw; all-zero tuples are skipped entirely.
-        self._delivery_rates = (plan.drop, plan.duplicate) if plan.drop or plan.duplicate else ()
-        self._handler_rates = (
-            (plan.race, plan.crash_after_save) if plan.race or plan.crash_after_save else ()
-        )
-        self._race_only = (plan.race, 0.0)
+        # One draw per step picks at most one fault (FAULTS order); rates of faults that
+        # cannot happen in the current shape are zeroed, and the tuples are cached by shape.
+        self._rates: dict[tuple[bool, bool, bool], tuple[float, ...]] = {}
+        self._any_fault = any(plan.to_json().values())
+
+    def _fault_rates(self) -> tuple[float, ...]:
+        shape = (len(self.down) < self.max_down, bool(self.down), bool(self.network.blocked))
+        rates = self._rates.get(shape)
+        if rates is None:
+            can_crash, some_down, blocked = shape
+            p = self.plan
+            rates = self._rates[shape] = (
+                p.crash if can_crash else 0.0,
+                p.restart if some_down else 0.0,
+                0.0 if blocked else p.partition,
+                p.heal if blocked else 0.0,
+                p.skew,
+                p.drop,
+                p.duplicate,
+                p.delay,
+                p.race,
+                p.crash_after_save if can_crash else 0.0,
+            )
+        return rates
 
     def stop_faults(self) -> None:
         """Faults stop: heal, restart everyone, and schedule fairly from now on."""
@@ -244,24 +287,28 @@ class Simulator:
             self.heal()
         for server in sorted(self.down):
             self.restart(server)
+        for server in self.servers:
+            if self.skew[server]:
+                self.set_skew(server, 0)
 
     def step(self) -> None:
         self.step_no += 1
         choices = self.choices
         choices.next_step()
-        if self._structural:
-            self._structural_faults()
+        self._delay = 0
+        self._fault = self._draw_fault() if self._any_fault else 0
         items, earliest, due = self._enabled()
         item = items[choices.event(items, earliest, due, self.step_no)]
         if item.time > self.now:
             self.now = item.time
         if item.kind == DELIVER:
-            if item is not items[earliest] and self._overtakes(item, items):
+            head = items[earliest]
+            if item is not head and head.kind == DELIVER:
                 self.coverage.faults[Fault.REORDER] += 1
             self._deliver(item)
         elif item.kind == TICK:
             self._record_event({"type": "tick", "server": item.target})
-            self.coverage.received[f"{self.role_of(item.target)}/tick"] += 1
+            self.coverage.received[(self.role_of(item.target), "tick")] += 1
             self._run_server(item.target, None)
         else:
             self._client_timer(self.client_by_id[item.target])
@@ -304,28 +351,19 @@ class Simulator:
             assert future is not None, "every live server has a timer"
             self.now = future_time
 
-    @staticmethod
-    def _overtakes(item: Pending, items: list[Pending]) -> bool:
-        """Whether a message is delivered before an older one (counted as a reordering)."""
-        return any(
-            other.kind == DELIVER and (other.time, other.seq) < (item.time, item.seq)
-            for other in items
-        )
-
     # ----------------------------------------------------------------- events
 
     def _deliver(self, item: Pending) -> None:
         self.network.inflight.remove(item)
-        choices = self.choices
         envelope = item.envelope
         assert envelope is not None
-        fault = choices.fault(self._delivery_rates) if self._delivery_rates else 0
-        if fault == 1:
+        fault = self._fault
+        if fault == DROP:
             self.coverage.faults[Fault.DROP] += 1
             if self.tracing:
                 self._record_event(self._message_event("drop", item))
             return
-        if fault == 2:
+        if fault == DUPLICATE:
             self.coverage.faults[Fault.DUPLICATE] += 1
             self.seq += 1
             copy = Pending(self.now, self.seq, DELIVER, item.actor, item.target, envelope)
@@ -339,28 +377,25 @@ class Simulator:
             self._client_response(client, envelope)
             return
         kind = KIND_OF[type(envelope.message)]
-        self.coverage.received[f"{self.role_of(item.target)}/{kind}"] += 1
+        self.coverage.received[(self.role_of(item.target), kind)] += 1
         self._run_server(item.target, envelope)
 
     def _run_server(self, server: str, envelope: Envelope | None) -> None:
-        choices = self.choices
-        fault = 0
-        if self._handler_rates:
-            can_crash = len(self.down) < self.max_down
-            fault = choices.fault(self._handler_rates if can_crash else self._race_only)
-        instance = 1 if fault == 1 else 0
-        crash = fault == 2
+        fault = self._fault
+        instance = 1 if fault == RACE else 0
+        crash = fault == CRASH_AFTER_SAVE
         if instance:
             self.coverage.faults[Fault.RACE] += 1
             self._note("second instance")
         handler = self.handlers[server][instance]
         self._outbox_lost = crash
         self._saved = False
+        local_now = max(1, self.now + self.skew[server])
         try:
             if envelope is None:
-                handler.tick(self.now)
+                handler.tick(local_now)
             else:
-                handler.handle((envelope,), self.now)
+                handler.handle((envelope,), local_now)
         except Exception as exc:  # the server under test failed: that is a finding
             self.violate("handler-exception", f"{server}: {type(exc).__name__}: {exc}")
         finally:
@@ -372,6 +407,13 @@ class Simulator:
             self.coverage.faults[Fault.CRASH_AFTER_SAVE] += 1
             self._note(f"crash of {server} after its save: outbox lost")
             self.crash(server)
+
+    def wake(self, client: SimClient) -> None:
+        """A scripted client got work: its timer fires now."""
+        if not client.active:
+            client.active = True
+            client.timer.time = self.now
+            self._rebuild_timers()
 
     def _rebuild_timers(self) -> None:
         """Timers of live servers (in server order) and of active clients."""
@@ -398,7 +440,7 @@ class Simulator:
     def _client_response(self, client: SimClient, envelope: Envelope) -> None:
         m = envelope.message
         assert isinstance(m, ClientResponse)
-        self.coverage.received[f"client/{KIND_OF[type(m)]}"] += 1
+        self.coverage.received[("client", KIND_OF[type(m)])] += 1
         self.stamp += 1
         try:
             op = client.on_response(m, self.now, self.stamp)
@@ -419,24 +461,27 @@ class Simulator:
     # ----------------------------------------------------------------- the bus
 
     def publish(self, envelopes: Sequence[Envelope]) -> None:
-        if self._outbox_lost:
+        """The bus port: a handler publishes its batch (all from its own server)."""
+        if self._outbox_lost or not envelopes:
             return
+        role = self.role_of(envelopes[0].sender)
+        sent = self.coverage.sent
         for envelope in envelopes:
-            sender = envelope.sender
-            if sender in self.server_set:
-                kind = KIND_OF[type(envelope.message)]
-                self.coverage.sent[f"{self.role_of(sender)}/{kind}"] += 1
+            sent[(role, KIND_OF[type(envelope.message)])] += 1
             self.enqueue(envelope)
 
     def enqueue(self, envelope: Envelope) -> None:
         to = envelope.to
         if (envelope.sender, to) in self.network.blocked:
             return
-        time = self.now
-        plan = self.plan
-        if plan.delay and self.choices.flip(plan.delay):
-            self.coverage.faults[Fault.DELAY] += 1
-            time += 25 * (1 + self.choices.below(16))
+        if self.duplicate_filter is not None and self.duplicate_filter(envelope):
+            self.coverage.faults[Fault.DUPLICATE] += 1
+            self._enqueue(envelope)
+        self._enqueue(envelope)
+
+    def _enqueue(self, envelope: Envelope) -> None:
+        to = envelope.to
+        time = self.now + self._delay
         self.seq += 1
         item = Pending(time, self.seq, DELIVER, to, to, envelope, self.step_no)
         if to in self.down:
@@ -446,29 +491,42 @@ class Simulator:
 
     # ----------------------------------------------------------------- faults
 
-    def _structural_faults(self) -> None:
-        plan = self.plan
-        blocked = bool(self.network.blocked)
-        rates = (
-            plan.crash if len(self.down) < self.max_down else 0.0,
-            plan.restart if self.down else 0.0,
-            0.0 if blocked else plan.partition,
-            plan.heal if blocked else 0.0,
-        )
-        fault = self.choices.fault(rates)
-        if fault == 1:
+    def _draw_fault(self) -> int:
+        """Draw this step's fault. Faults of the cluster's shape happen now; those of the
+        step's event (drop, duplicate, delay, race, crash after save) apply to the event
+        chosen next, if it is of the right kind."""
+        fault = self.choices.fault(self._fault_rates())
+        if fault == CRASH:
             live = [s for s in self.servers if s not in self.down]
             self.coverage.faults[Fault.CRASH] += 1
-            self.crash(live[self.choices.below(len(live))])
-        elif fault == 2:
+            self.crash(self._pick_server(live))
+        elif fault == RESTART:
             down = sorted(self.down)
             self.restart(down[self.choices.below(len(down))])
-        elif fault == 3:
+        elif fault == PARTITION:
             shape = self.choices.below(3)
-            rotation = self.choices.below(len(self.servers))
+            rotation = self.servers.index(self._pick_server(list(self.servers)))
             self.partition(*partition_pairs(self.servers, shape, rotation))
-        elif fault == 4:
+        elif fault == HEAL:
             self.heal()
+        elif fault == SKEW:
+            server = self.servers[self.choices.below(len(self.servers))]
+            self.set_skew(server, SKEWS[self.choices.below(len(SKEWS))])
+        elif fault == DELAY:
+            # Everything published this step arrives late.
+            self._delay = 25 * (1 + self.choices.below(16))
+            self.coverage.faults[Fault.DELAY] += 1
+            self._note(f"messages sent now are delayed {self._delay} ms")
+        return fault
+
+    def _pick_server(self, candidates: list[str]) -> str:
+        """A server to crash or cut off, a leader half the time: leader changes are where
+        Raft's subtle cases are (Jepsen's nemeses target the primary for the same reason)."""
+        leaders = [s for s in candidates if self.role_of(s) == "leader"]
+        others = [s for s in candidates if s not in leaders]
+        ordered = leaders + others
+        k = self.choices.below(2 * len(ordered))
+        return ordered[k] if k < len(ordered) else ordered[0]
 
     def crash(self, server: str) -> None:
         """The server's instances die: caches and unsent messages are gone, the store is not."""
@@ -492,6 +550,14 @@ class Simulator:
         if state:
             self._rearm(server, state)
         self._note(f"restart {server}")
+
+    def set_skew(self, server: str, offset: int) -> None:
+        self.coverage.faults[Fault.SKEW] += 1
+        self.skew[server] = offset
+        state = self.views[server].state
+        if state and server in self.timers:
+            self._rearm(server, state)
+        self._note(f"clock of {server} now {offset:+d} ms")
 
     def partition(self, name: str, pairs: set[tuple[str, str]]) -> None:
         self.coverage.faults[Fault.PARTITION] += 1
@@ -517,19 +583,27 @@ class Simulator:
         self._saved = True
         self.digests.update(server, change, view)
         if self.violation is None:
-            for monitor in self.save_monitors:
+            log_changed = change.log_from is not None
+            watching = self._watching
+            due = watching["log"] if log_changed else []
+            if state["role"] == "leader":
+                due = due + watching["leader"]
+            if (
+                log_changed
+                or before is None
+                or before["commit_index"] != state["commit_index"]
+                or before["last_applied"] != state["last_applied"]
+            ):
+                due = due + watching["commit"]
+            for monitor in due:
                 problem = monitor.on_save(server, before, change, old_length, view)
                 if problem:
                     self.violate(monitor.name, problem)
                     break
-            else:
-                problem = self.durability.on_save(server, change)
-                if problem:
-                    self.violate(self.durability.name, problem)
         role = state["role"]
         previous = before["role"] if before else "follower"
         if role != previous:
-            self.coverage.transitions[f"{previous}->{role}"] += 1
+            self.coverage.transitions[(previous, role)] += 1
         if server in self.timers:
             self._rearm(server, state)
 
@@ -540,6 +614,7 @@ class Simulator:
                 deadline = min(deadline, state["quorum_check_deadline"])
         else:
             deadline = state["election_deadline"]
+        deadline -= self.skew[server]
         timer = self.timers[server]
         if timer.time != deadline:
             self.seq += 1

@@ -33,7 +33,7 @@ class Strategy:
     def pick(self, items: Sequence[Pending], earliest: int, due: int, step: int) -> int:
         """Index into `items` of the event to run. `items[:due]` are due now; an item past
         them is the next future event (choosing it lets time pass with messages in flight)."""
-        return self.rng.randrange(len(items))
+        return int(self.rng.random() * len(items))
 
     def flip(self, rate: float) -> bool:
         return self.rng.random() < rate
@@ -41,6 +41,8 @@ class Strategy:
     def fault(self, rates: tuple[float, ...]) -> int:
         """One draw for mutually exclusive faults: 0 for none, else 1 + which."""
         u = self.rng.random()
+        if u >= sum(rates):
+            return 0
         for i, rate in enumerate(rates):
             if u < rate:
                 return i + 1
@@ -48,7 +50,8 @@ class Strategy:
         return 0
 
     def below(self, n: int) -> int:
-        return self.rng.randrange(n)
+        # Not randrange: this is on the hot path, and random() * n is uniform enough here.
+        return int(self.rng.random() * n)
 
 
 class ProbabilisticStrategy(Strategy):
@@ -73,7 +76,7 @@ class ProbabilisticStrategy(Strategy):
                 ):
                     chosen = i
         if chosen < 0:
-            chosen = self.rng.randrange(len(items))
+            chosen = int(self.rng.random() * len(items))
         self.last_actor = items[chosen].actor
         return chosen
 
@@ -150,9 +153,30 @@ class Choices:
 FAIR = Choices()
 
 
-class Recorder(Choices):
+class Live(Choices):
+    """A strategy's answers, not written down: exploration runs this way and reruns a
+    failing schedule with a `Recorder` (the strategy is seeded, so it answers the same).
+    Both skip the strategy for questions with one answer, so their random streams agree."""
+
     def __init__(self, strategy: Strategy) -> None:
         self.strategy = strategy
+
+    def event(self, items: Sequence[Pending], earliest: int, due: int, step: int) -> int:
+        return self.strategy.pick(items, earliest, due, step)
+
+    def flip(self, rate: float) -> bool:
+        return rate > 0.0 and self.strategy.flip(rate)
+
+    def fault(self, rates: tuple[float, ...]) -> int:
+        return self.strategy.fault(rates) if any(rates) else 0
+
+    def below(self, n: int) -> int:
+        return self.strategy.below(n) if n > 1 else 0
+
+
+class Recorder(Live):
+    def __init__(self, strategy: Strategy) -> None:
+        super().__init__(strategy)
         self.steps: list[list[int]] = []
         self._current: list[int] = []
 
