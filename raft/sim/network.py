@@ -33,6 +33,11 @@ class Pending:
     target: str
     envelope: Envelope | None = None
     sent_step: int = 0
+    # What the event is, independent of when: (kind, target, sender, message type) as one
+    # int (see `Simulator.code`). Schedules record chosen events by it, so a choice still
+    # means "deliver the oldest vote request from s1 to s3" after the shrinker removed
+    # earlier steps, rather than "the fifth event in the list".
+    code: int = 0
 
 
 class Network:

@@ -22,13 +22,16 @@ def shrink(
 ) -> tuple[Steps, int]:
     """Return (a shorter schedule with the same violated property, replays used)."""
     runs = 0
+    best = violation.step
 
     def still_fails(candidate: Steps) -> Steps | None:
-        nonlocal runs
+        """The candidate cut at its violation, if it fails the same way no later."""
+        nonlocal runs, best
         runs += 1
         found = run(candidate)
-        if found is None or found.property != violation.property:
+        if found is None or found.property != violation.property or found.step > best:
             return None
+        best = found.step
         return candidate[: found.step]
 
     current = [list(s) for s in steps[: violation.step]]

@@ -38,12 +38,13 @@ from raft.sim.monitors import (
     StateMachineSafety,
     Violation,
 )
-from raft.sim.network import DELIVER, TICK, Network, Pending, partition_pairs
+from raft.sim.network import CLIENT, DELIVER, TICK, Network, Pending, partition_pairs
 from raft.sim.storage import PersistedView, WatchedStore
 from raft.sim.strategies import FAIR, Choices, Recorder
 from raft.sim.variants import PRODUCTION, ServerFactory, resolve_target
 
 NO_FAULTS = FaultPlan()
+MESSAGE_TYPES: tuple[type, ...] = tuple(KIND_OF)
 # The per-step fault draw's outcomes (0: none), in the order of `Simulator._fault_rates`.
 CRASH, RESTART, PARTITION, HEAL, SKEW, DROP, DUPLICATE, DELAY, RACE, CRASH_AFTER_SAVE = range(1, 11)
 # A timer event that changed nothing (an instance whose cached state is stale still thinks
@@ -200,6 +201,12 @@ class Simulator:
                 SimClient(cid, self.servers, keys, setup.client_timeout, self.enqueue, script)
             )
         self.client_by_id = {c.id: c for c in self.clients}
+        self._actors = {a: i for i, a in enumerate([*self.servers, *self.client_by_id])}
+        self._codes: dict[tuple[str, str, type], int] = {}
+        for server, timer in self.timers.items():
+            timer.code = self.code(TICK, server)
+        for client in self.clients:
+            client.timer.code = self.code(CLIENT, client.id)
         self._rebuild_timers()
         self.history: list[Operation] = []
         self.pending_ops = 0
@@ -368,6 +375,7 @@ class Simulator:
             self.seq += 1
             copy = Pending(self.now, self.seq, DELIVER, item.actor, item.target, envelope)
             copy.sent_step = item.sent_step
+            copy.code = item.code
             self.network.inflight.append(copy)
             self._note("duplicated")
         if self.tracing:
@@ -407,6 +415,14 @@ class Simulator:
             self.coverage.faults[Fault.CRASH_AFTER_SAVE] += 1
             self._note(f"crash of {server} after its save: outbox lost")
             self.crash(server)
+
+    def code(self, kind: int, target: str, sender: str = "", message: type | None = None) -> int:
+        """The event's identity as a positive int (see `Pending.code`)."""
+        actors = len(self._actors) + 1
+        sender_index = self._actors.get(sender, len(self._actors))
+        message_index = MESSAGE_TYPES.index(message) + 1 if message is not None else 0
+        base = (kind * actors + self._actors[target]) * actors + sender_index
+        return 1 + base * (len(MESSAGE_TYPES) + 1) + message_index
 
     def wake(self, client: SimClient) -> None:
         """A scripted client got work: its timer fires now."""
@@ -483,7 +499,11 @@ class Simulator:
         to = envelope.to
         time = self.now + self._delay
         self.seq += 1
-        item = Pending(time, self.seq, DELIVER, to, to, envelope, self.step_no)
+        key = (to, envelope.sender, type(envelope.message))
+        code = self._codes.get(key)
+        if code is None:
+            code = self._codes[key] = self.code(DELIVER, to, envelope.sender, key[2])
+        item = Pending(time, self.seq, DELIVER, to, to, envelope, self.step_no, code)
         if to in self.down:
             self.network.parked[to].append(item)
         else:
@@ -544,6 +564,7 @@ class Simulator:
         self.network.unpark(server)
         self.seq += 1
         timer = Pending(0, self.seq, TICK, f"{server}:timer", server)
+        timer.code = self.code(TICK, server)
         self.timers[server] = timer
         self._rebuild_timers()
         state = self.views[server].state

@@ -8,7 +8,8 @@ global random module or the clock, so a schedule is a pure function of its seed.
 `Recorder` wraps a strategy and writes down every answer, one list per step; `Replayer`
 answers from such a list. Answers are encoded so that 0 is always the benign default (the
 oldest pending event, no fault, the first option), which is what lets the shrinker delete or
-zero choices and still have a runnable schedule.
+zero choices and still have a runnable schedule; a chosen event is recorded by its identity
+(`Pending.code`), not its position, so it survives the removal of earlier steps.
 """
 
 from __future__ import annotations
@@ -129,6 +130,10 @@ STRATEGIES: dict[str, type[Strategy]] = {
 PORTFOLIO = ("random", "probabilistic", "pct", "fair-pct")
 
 
+# A recorded event is identity * RANKS + how many older events share its identity.
+RANKS = 64
+
+
 class Choices:
     """The simulator's source of decisions. Subclasses: live (recorded) and replayed."""
 
@@ -186,7 +191,17 @@ class Recorder(Live):
 
     def event(self, items: Sequence[Pending], earliest: int, due: int, step: int) -> int:
         chosen = self.strategy.pick(items, earliest, due, step)
-        self._current.append(0 if chosen == earliest else chosen + 1)
+        if chosen == earliest:
+            self._current.append(0)
+            return chosen
+        item = items[chosen]
+        # Which of the events with this identity: how many same-identity events are older.
+        rank = sum(
+            1
+            for other in items
+            if other.code == item.code and (other.time, other.seq) < (item.time, item.seq)
+        )
+        self._current.append(item.code * RANKS + min(rank, RANKS - 1))
         return chosen
 
     def flip(self, rate: float) -> bool:
@@ -232,8 +247,16 @@ class Replayer(Choices):
         return value
 
     def event(self, items: Sequence[Pending], earliest: int, due: int, step: int) -> int:
+        """The recorded event by identity and rank; failing that, the oldest event."""
         value = self._next()
-        return value - 1 if 0 < value <= len(items) else earliest
+        if value == 0:
+            return earliest
+        code, rank = divmod(value, RANKS)
+        same = sorted(
+            (i for i, item in enumerate(items) if item.code == code),
+            key=lambda i: (items[i].time, items[i].seq),
+        )
+        return same[min(rank, len(same) - 1)] if same else earliest
 
     def flip(self, rate: float) -> bool:
         return rate > 0.0 and self._next() == 1

@@ -117,7 +117,11 @@ class Variant:
 VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in (
-        Variant("duplicate-votes", CountsDuplicateVotes, ("election-safety",)),
+        Variant(
+            "duplicate-votes",
+            CountsDuplicateVotes,
+            ("election-safety", "leader-completeness", "state-machine-safety", "durability"),
+        ),
         Variant(
             "no-up-to-date-check",
             GrantsStaleVotes,
@@ -132,7 +136,13 @@ VARIANTS: dict[str, Variant] = {
         Variant(
             "truncate-on-append",
             TruncatesOnEveryAppend,
-            ("durability", "leader-completeness", "state-machine-safety", "linearizability"),
+            (
+                "durability",
+                "leader-completeness",
+                "state-machine-safety",
+                "linearizability",
+                "liveness",
+            ),
         ),
         Variant("no-step-down", IgnoresHigherTerm, ("election-safety",)),
         Variant(

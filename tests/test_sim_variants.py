@@ -1,0 +1,59 @@
+"""Every catalogued buggy server is found by the default portfolio within its stated budget,
+shrunk, and its trace replays to the same violation; the production server is not flagged.
+
+Budgets (seed 0, default portfolio) are the schedules explored before giving up; the
+schedule each variant is found at today is noted, so a regression in the tester's power
+shows up as a budget overrun rather than silently.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from raft.sim import trace
+from raft.sim.runner import RunOptions, explore, investigate
+from raft.sim.simulator import SimSetup
+from raft.sim.variants import VARIANTS
+
+# variant -> (servers, max steps, schedules budget); found today at the noted schedule.
+BUDGETS: dict[str, tuple[int, int, int]] = {
+    "duplicate-votes": (5, 200, 1000),  # schedule 591
+    "no-up-to-date-check": (5, 200, 200),  # schedule 13
+    "figure-8": (3, 400, 1000),  # schedule 550
+    "vote-not-persisted": (5, 200, 100),  # schedule 0
+    "truncate-on-append": (5, 200, 100),  # schedule 3
+    "no-step-down": (5, 200, 100),  # schedule 9
+    "commit-before-majority": (5, 200, 100),  # schedule 0
+    "commit-unchecked-entries": (3, 400, 4000),
+}
+
+
+def test_every_catalogued_variant_has_a_budget() -> None:
+    assert set(BUDGETS) == set(VARIANTS)
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_the_portfolio_finds_shrinks_and_replays_the_variant(name: str, tmp_path: Path) -> None:
+    servers, max_steps, budget = BUDGETS[name]
+    setup = SimSetup(servers=servers, max_steps=max_steps, target=f"variant:{name}")
+    options = RunOptions(setup, seed=0, iterations=budget, jobs=2)
+    result = explore(options)
+    assert result.failure is not None, f"{name} not found within {budget} schedules"
+    violation = result.failure.violation
+    assert violation.property in VARIANTS[name].expect, violation
+
+    investigation = investigate(options, result.failure)
+    doc = trace.build(setup, investigation)
+    assert doc["violation"]["property"] == violation.property
+    assert len(doc["steps"]) <= violation.step
+    path = trace.write(doc, tmp_path)
+    found, same = trace.replay_doc(trace.load(path))
+    assert same, (found, doc["violation"])
+
+
+def test_the_production_server_passes_a_short_run() -> None:
+    result = explore(RunOptions(SimSetup(), seed=7, iterations=150, jobs=2))
+    assert result.failure is None, result.failure and result.failure.violation
+    assert result.schedules == 150
