@@ -8,6 +8,7 @@ import sys
 
 from raft.bench import cli as bench_cli
 from raft.hosts import runner
+from raft.sim import cli as sim_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,6 +18,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run a local cluster and submit requests (main job)")
     runner.add_run_arguments(run)
     run.set_defaults(handler=runner.run)
+    test = commands.add_parser("test", help="systematic testing under adversarial schedules")
+    sim_cli.add_test_arguments(test)
+    test.set_defaults(handler=sim_cli.run_test)
+    replay = commands.add_parser("replay", help="replay a trace written by `test` step by step")
+    sim_cli.add_replay_arguments(replay)
+    replay.set_defaults(handler=sim_cli.run_replay)
     bench = commands.add_parser("bench", help="measure throughput, latency, messages and writes")
     bench_cli.add_bench_arguments(bench)
     bench.set_defaults(handler=bench_cli.run_bench)
