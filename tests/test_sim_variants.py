@@ -26,7 +26,7 @@ BUDGETS: dict[str, tuple[int, int, int]] = {
     "truncate-on-append": (5, 200, 100),  # schedule 3
     "no-step-down": (5, 200, 100),  # schedule 9
     "commit-before-majority": (5, 200, 100),  # schedule 0
-    "commit-unchecked-entries": (3, 400, 4000),
+    "trusts-leader-commit": (5, 200, 100),  # schedule 2
 }
 
 

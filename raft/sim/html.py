@@ -13,7 +13,9 @@ from typing import Any
 from raft.sim.trace import describe_event, describe_step
 
 ROW = 20
-LANE = 150
+LANE = 110
+# Room right of the lanes for each step's notes (faults, the violation).
+NOTES = 360
 LEFT = 60
 TOP = 50
 ROLE_COLOURS = {
@@ -43,7 +45,8 @@ main { display: flex; }
 aside { width: 380px; padding: 10px; border-left: 1px solid #ccc; position: sticky; top: 0;
         height: 100vh; overflow: auto; box-sizing: border-box; font-family: monospace;
         white-space: pre-wrap; font-size: 12px; }
-.legend span { display: inline-block; padding: 1px 6px; margin-right: 6px; border-radius: 3px; }
+.legend span { display: inline-block; padding: 1px 6px; margin-right: 6px; border-radius: 3px;
+               color: #222; background: #fff; }
 svg text { font: 11px system-ui, sans-serif; }
 .row:hover { fill: rgba(255, 235, 59, .25); }
 """
@@ -62,7 +65,8 @@ def render(doc: dict[str, Any]) -> str:
     servers: list[str] = doc["servers"]
     lanes = servers + doc["clients"]
     x = {name: LEFT + LANE * i + LANE // 2 for i, name in enumerate(lanes)}
-    width = LEFT + LANE * len(lanes) + 20
+    lanes_end = LEFT + LANE * len(lanes)
+    width = lanes_end + NOTES
     height = TOP + ROW * (len(steps) + 1) + 20
 
     def y(step: int) -> int:
@@ -103,11 +107,12 @@ def render(doc: dict[str, Any]) -> str:
             f'<text x="6" y="{row_y + 14}" fill="#777">{n}</text>'
         )
         parts.append(_event_svg(step, i, x, y))
-        for note in step["notes"]:
-            colour = "#c62828" if note.startswith(("crash", "VIOLATION")) else "#555"
+        if step["notes"]:
+            note = "; ".join(step["notes"])
+            colour = "#c62828" if "crash" in note or "VIOLATION" in note else "#555"
             parts.append(
-                f'<text x="{width - 10}" y="{row_y + 14}" text-anchor="end" fill="{colour}">'
-                f"{escape(note[:90])}</text>"
+                f'<text x="{lanes_end + 8}" y="{row_y + 14}" fill="{colour}">'
+                f"{escape(note[:60])}<title>{escape(note)}</title></text>"
             )
     violation = doc["violation"]
     vy = TOP + ROW * len(steps)
