@@ -23,7 +23,7 @@ BUDGETS: dict[str, tuple[int, int, int]] = {
     "no-up-to-date-check": (5, 200, 200),  # schedule 13
     "figure-8": (3, 400, 1000),  # schedule 550
     "vote-not-persisted": (5, 200, 100),  # schedule 0
-    "truncate-on-append": (5, 200, 100),  # schedule 3
+    "truncate-on-append": (5, 200, 100),  # schedule 0
     "no-step-down": (5, 200, 100),  # schedule 9
     "commit-before-majority": (5, 200, 100),  # schedule 0
     "trusts-leader-commit": (5, 200, 100),  # schedule 2

@@ -80,7 +80,9 @@ class Network:
         return p.envelope is not None and (p.envelope.sender, p.target) in self.blocked
 
 
-def partition_pairs(servers: tuple[str, ...], shape: int, rotation: int) -> tuple[str, set]:
+def partition_pairs(
+    servers: tuple[str, ...], shape: int, rotation: int
+) -> tuple[str, set[tuple[str, str]]]:
     """Shape 0: a minority of consecutive servers (cyclically, from `rotation`) against the
     rest; 1: one server alone; 2: the majorities ring (Jepsen), where every server sees a
     majority but no two see the same one."""

@@ -57,11 +57,12 @@ class TruncatesOnEveryAppend(RaftServer):
     """Deletes everything after prevLogIndex on every AppendEntries, even matching entries,
     so a delayed, shorter AppendEntries erases entries the follower already acknowledged."""
 
-    def merge_entries(self, prev_index: int, entries: tuple[Entry, ...]) -> None:
+    def merge_entries(self, prev_index: int, entries: tuple[Entry, ...]) -> bool:
         if prev_index < self.state.last_index:
             self.truncate(prev_index + 1)
         for entry in entries:
             self.append(entry)
+        return True
 
 
 class IgnoresHigherTerm(RaftServer):
