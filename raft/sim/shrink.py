@@ -35,14 +35,32 @@ def shrink(
         return candidate[: found.step]
 
     current = [list(s) for s in steps[: violation.step]]
-    # ddmin over whole steps: remove chunks, halving the chunk size when nothing goes.
+    # Repeat the passes while they make progress: zeroing a choice can make a later
+    # deletion possible, and the other way round.
+    while runs < max_runs:
+        before = (best, sum(map(len, current)), sum(map(sum, current)))
+        current = _remove_chunks(current, still_fails, lambda: runs < max_runs)
+        current = _blank_steps(current, still_fails, lambda: runs < max_runs)
+        current = _zero_choices(current, still_fails, lambda: runs < max_runs)
+        if (best, sum(map(len, current)), sum(map(sum, current))) == before:
+            break
+    return current, runs
+
+
+Attempt = Callable[[Steps], "Steps | None"]
+Budget = Callable[[], bool]
+
+
+def _remove_chunks(current: Steps, attempt: Attempt, budget: Budget) -> Steps:
+    """ddmin over whole steps: remove chunks, halving the chunk size when nothing goes.
+    Removing steps moves the choices after them earlier, which is what shortens a trace."""
     parts = 2
-    while len(current) > 1 and runs < max_runs:
+    while len(current) > 1 and budget():
         size = max(1, len(current) // parts)
         for start in range(0, len(current), size):
-            if runs >= max_runs:
+            if not budget():
                 break
-            kept = still_fails(current[:start] + current[start + size :])
+            kept = attempt(current[:start] + current[start + size :])
             if kept is not None:
                 current = kept
                 parts = max(parts - 1, 2)
@@ -51,22 +69,33 @@ def shrink(
             if size == 1:
                 break
             parts = min(len(current), parts * 2)
-    # Then make each remaining step, and each remaining answer, the default where possible.
+    return current
+
+
+def _blank_steps(current: Steps, attempt: Attempt, budget: Budget) -> Steps:
+    """Make whole steps the default (oldest event, no fault) where possible."""
     for i in reversed(range(len(current))):
-        if runs >= max_runs or i >= len(current) or not any(current[i]):
+        if not budget():
+            break
+        if i >= len(current) or not any(current[i]):
             continue
-        kept = still_fails([*current[:i], [], *current[i + 1 :]])
+        kept = attempt([*current[:i], [], *current[i + 1 :]])
         if kept is not None:
             current = kept
+    return current
+
+
+def _zero_choices(current: Steps, attempt: Attempt, budget: Budget) -> Steps:
+    """Make single answers the default where possible."""
     for i in reversed(range(len(current))):
         for j in reversed(range(len(current[i]) if i < len(current) else 0)):
-            if runs >= max_runs or i >= len(current) or j >= len(current[i]):
+            if not budget() or i >= len(current) or j >= len(current[i]):
                 break
             if current[i][j] == 0:
                 continue
             candidate = [list(s) for s in current]
             candidate[i][j] = 0
-            kept = still_fails(candidate)
+            kept = attempt(candidate)
             if kept is not None:
                 current = kept
-    return current, runs
+    return current
