@@ -179,7 +179,7 @@ class ClusterApi:
                 **{"Retry-After": RETRY_AFTER_S},
             )
         request = ClientRequest(client_id, 1, data)
-        log.info("request=%s leader=%s submitted", request_id, leader_id)
+        log.info("request=%s client=%s leader=%s submitted", request_id, client_id, leader_id)
         self.bus.publish([Envelope(client_id, leader_id, request)])
         deadline = time.monotonic() + self.limits.wait_s
         resend_at = time.monotonic() + self.limits.resend_s

@@ -157,6 +157,15 @@ class NodeHandler:
         for envelope in envelopes:
             m = envelope.message
             if isinstance(m, ClientRequest):
+                log.debug(
+                    "server=%s role=%s client_request client=%s seq=%d from=%s hops=%d",
+                    self.server_id,
+                    loaded.server.state.role.value,
+                    m.client_id,
+                    m.seq,
+                    envelope.sender,
+                    m.hops,
+                )
                 answer = self._answer_without_log(loaded, m)
                 if answer is not None:
                     if m.reply_to:
@@ -189,6 +198,15 @@ class NodeHandler:
             session = applied.apply(index, entry)
             if session is None:
                 continue
+            # client= and seq= follow one request from the HTTP log line across servers.
+            log.debug(
+                "server=%s applied index=%d term=%d client=%s seq=%d",
+                self.server_id,
+                index,
+                entry.term,
+                entry.client_id,
+                entry.seq,
+            )
             if not entry.reply_to:
                 results.append(
                     ClientResult(
