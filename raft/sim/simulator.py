@@ -74,6 +74,9 @@ class SimSetup:
     # pipelining and probing (the production defaults need hundreds).
     max_entries_per_message: int = 1
     max_inflight_messages: int = 2
+    # Snapshot the applied state often, so restoring from a snapshot (every cold load after
+    # a crash or on a second instance) is exercised within short schedules.
+    snapshot_every: int = 8
     client_timeout: int = 200
     target: str = PRODUCTION
 
@@ -178,6 +181,7 @@ class Simulator:
         options = NodeOptions(
             config=self.config,
             seed=spec.node_seed,
+            snapshot_every=setup.snapshot_every,
             server_factory=factory or resolve_target(setup.target),
         )
         # The simulator is the bus (its `publish`) both instances of every server use.
