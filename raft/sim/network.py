@@ -17,7 +17,6 @@ from raft.core.messages import Envelope
 DELIVER = 0
 TICK = 1
 CLIENT = 2
-KIND_NAMES = ("deliver", "tick", "client")
 
 
 @dataclass(slots=True, eq=False)
@@ -48,9 +47,6 @@ class Network:
         self.parked: dict[str, list[Pending]] = {s: [] for s in servers}
         self.blocked: set[tuple[str, str]] = set()
         self.partition_name = ""
-
-    def cut(self, a: str, b: str) -> bool:
-        return (a, b) in self.blocked
 
     def partition(self, name: str, pairs: set[tuple[str, str]]) -> int:
         """Separate `pairs` (both directions listed); drop what is in flight between them.

@@ -1,9 +1,10 @@
 """Scheduling strategies, and the recorded choice stream every schedule is made of.
 
-A strategy answers three kinds of question: which pending event runs next (`pick`), whether a
-fault with a given rate happens now (`flip`), and a small integer (`below`: which server to
-crash, which key a client uses, ...). Each owns a `random.Random(seed)`; nothing reads the
-global random module or the clock, so a schedule is a pure function of its seed.
+A strategy answers three kinds of question: which pending event runs next (`pick`), which
+fault (if any) happens this step given their rates (`fault`), and a small integer (`below`:
+which server to crash, which key a client uses, ...). Each owns a `random.Random(seed)`;
+nothing reads the global random module or the clock, so a schedule is a pure function of its
+seed.
 
 `Recorder` wraps a strategy and writes down every answer, one list per step; `Replayer`
 answers from such a list. Answers are encoded so that 0 is always the benign default (the
@@ -35,9 +36,6 @@ class Strategy:
         """Index into `items` of the event to run. `items[:due]` are due now; an item past
         them is the next future event (choosing it lets time pass with messages in flight)."""
         return int(self.rng.random() * len(items))
-
-    def flip(self, rate: float) -> bool:
-        return self.rng.random() < rate
 
     def fault(self, rates: tuple[float, ...]) -> int:
         """One draw for mutually exclusive faults: 0 for none, else 1 + which."""
@@ -143,9 +141,6 @@ class Choices:
     def event(self, items: Sequence[Pending], earliest: int, due: int, step: int) -> int:
         return earliest
 
-    def flip(self, rate: float) -> bool:
-        return False
-
     def fault(self, rates: tuple[float, ...]) -> int:
         return 0
 
@@ -168,9 +163,6 @@ class Live(Choices):
 
     def event(self, items: Sequence[Pending], earliest: int, due: int, step: int) -> int:
         return self.strategy.pick(items, earliest, due, step)
-
-    def flip(self, rate: float) -> bool:
-        return rate > 0.0 and self.strategy.flip(rate)
 
     def fault(self, rates: tuple[float, ...]) -> int:
         return self.strategy.fault(rates) if any(rates) else 0
@@ -203,13 +195,6 @@ class Recorder(Live):
         )
         self._current.append(item.code * RANKS + min(rank, RANKS - 1))
         return chosen
-
-    def flip(self, rate: float) -> bool:
-        if rate <= 0.0:
-            return False
-        hit = self.strategy.flip(rate)
-        self._current.append(1 if hit else 0)
-        return hit
 
     def fault(self, rates: tuple[float, ...]) -> int:
         if not any(rates):
@@ -257,9 +242,6 @@ class Replayer(Choices):
             key=lambda i: (items[i].time, items[i].seq),
         )
         return same[min(rank, len(same) - 1)] if same else earliest
-
-    def flip(self, rate: float) -> bool:
-        return rate > 0.0 and self._next() == 1
 
     def fault(self, rates: tuple[float, ...]) -> int:
         if not any(rates):
