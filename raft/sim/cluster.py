@@ -169,8 +169,7 @@ class SimulatedCluster:
 
     def leaders(self) -> dict[int, str]:
         """Every term's leader so far (from the election-safety monitor's record)."""
-        monitor = self.sim.save_monitors[0]
-        return dict(monitor.leaders)  # type: ignore[attr-defined]
+        return dict(self.sim.election_safety.leaders)
 
     @property
     def history(self) -> list[Operation]:

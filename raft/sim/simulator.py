@@ -216,8 +216,9 @@ class Simulator:
         self.pending_ops = 0
         # Monitors.
         self.digests = LogDigests(self.servers)
+        self.election_safety = ElectionSafety()
         self.save_monitors: list[Monitor] = [
-            ElectionSafety(),
+            self.election_safety,
             LeaderAppendOnly(),
             LogMatching(self.digests),
             StateMachineSafety(self.digests),
@@ -652,7 +653,8 @@ class Simulator:
             self._note(f"VIOLATION {prop}: {message}")
 
     def role_of(self, server: str) -> str:
-        return self.views[server].state.get("role", "follower")  # type: ignore[no-any-return]
+        role: str = self.views[server].state.get("role", "follower")
+        return role
 
     def has_leader(self) -> bool:
         return any(

@@ -170,7 +170,7 @@ def resolve_target(spec: str) -> ServerFactory:
     module_name, sep, attribute = spec.partition(":")
     if not sep or not module_name or not attribute:
         raise ValueError(f"target {spec!r} must look like module:factory")
-    factory = getattr(importlib.import_module(module_name), attribute)
+    factory: ServerFactory = getattr(importlib.import_module(module_name), attribute)
     if not callable(factory):
         raise ValueError(f"target {spec!r} is not callable")
-    return factory  # type: ignore[no-any-return]
+    return factory
