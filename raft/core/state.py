@@ -120,19 +120,30 @@ def state_to_dict(state: ServerState) -> dict[str, Any]:
     """Everything but the log, as plain JSON values (the log is stored entry by entry).
 
     `last_index` is derived, for stores and status pages; `state_from_dict` ignores it.
+    Built on every step (to tell whether anything changed), hence spelled out field by field.
     """
-    out: dict[str, Any] = {name: getattr(state, name) for name in SCALARS}
-    out["last_index"] = state.last_index
-    out["role"] = state.role.value
-    out["servers"] = list(state.servers)
-    out["votes"] = sorted(state.votes)
-    out["next_index"] = dict(state.next_index)
-    out["match_index"] = dict(state.match_index)
-    out["inflight"] = dict(state.inflight)
-    out["probing"] = sorted(state.probing)
-    out["recent_active"] = sorted(state.recent_active)
-    out["replicated"] = sorted(state.replicated)
-    return out
+    return {
+        "current_term": state.current_term,
+        "voted_for": state.voted_for,
+        "commit_index": state.commit_index,
+        "last_applied": state.last_applied,
+        "leader_id": state.leader_id,
+        "election_deadline": state.election_deadline,
+        "heartbeat_deadline": state.heartbeat_deadline,
+        "quorum_check_deadline": state.quorum_check_deadline,
+        "leader_contact": state.leader_contact,
+        "rng": state.rng,
+        "last_index": len(state.log),
+        "role": state.role.value,
+        "servers": list(state.servers),
+        "votes": sorted(state.votes),
+        "next_index": dict(state.next_index),
+        "match_index": dict(state.match_index),
+        "inflight": dict(state.inflight),
+        "probing": sorted(state.probing),
+        "recent_active": sorted(state.recent_active),
+        "replicated": sorted(state.replicated),
+    }
 
 
 def state_from_dict(server_id: ServerId, doc: dict[str, Any], log: list[Entry]) -> ServerState:

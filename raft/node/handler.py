@@ -129,14 +129,15 @@ class NodeHandler:
                 direct = action(loaded)
                 ready = loaded.server.ready()
                 replies, results = self._apply_committed(loaded)
-                change = self._change(loaded, ready.log_changed_from, results, now)
+                new_state = state_to_dict(loaded.server.state)
+                change = self._change(loaded, new_state, ready.log_changed_from, results, now)
                 if change is not None:
                     try:
                         loaded.version = self.store.save(self.server_id, loaded.version, change)
                     except VersionConflict:
                         log.info("server=%s version conflict; reloading", self.server_id)
                         continue
-                    loaded.saved_state = unstamped(change.state)
+                    loaded.saved_state = new_state
                     loaded.stored_last_index = loaded.server.state.last_index
                     if change.snapshot is not None:
                         loaded.snapshot_index = loaded.applied.last_applied
@@ -232,10 +233,15 @@ class NodeHandler:
         )
 
     def _change(
-        self, loaded: _Loaded, log_from: int | None, results: list[ClientResult], now: int
+        self,
+        loaded: _Loaded,
+        new_state: dict[str, Any],
+        log_from: int | None,
+        results: list[ClientResult],
+        now: int,
     ) -> Change | None:
+        """What to save, or None if nothing changed (`new_state` is the state as it is now)."""
         state = loaded.server.state
-        new_state = state_to_dict(state)
         snapshot = None
         opts = self.options
         interval = max(opts.snapshot_every, loaded.snapshot_chars // opts.snapshot_chars_per_entry)
