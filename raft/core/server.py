@@ -110,11 +110,13 @@ class RaftServer:
 
     def ready(self) -> Ready:
         """Flush replication and hand over everything produced since the last call."""
-        for peer in sorted(self._to_replicate):
-            self.send_append_entries(peer)
-        self._to_replicate.clear()
-        self._heartbeat_due.clear()
-        self.maybe_advance_commit()
+        if self._to_replicate:
+            for peer in sorted(self._to_replicate):
+                self.send_append_entries(peer)
+            self._to_replicate.clear()
+            self._heartbeat_due.clear()
+        if self.state.role is Role.LEADER:
+            self.maybe_advance_commit()
         out = Ready(messages=tuple(self._out), log_changed_from=self._log_changed_from)
         self._out = []
         self._log_changed_from = None

@@ -128,7 +128,10 @@ class NodeHandler:
                 before = (loaded.server.state.role, loaded.server.state.current_term)
                 direct = action(loaded)
                 ready = loaded.server.ready()
-                replies, results = self._apply_committed(loaded)
+                if loaded.applied.last_applied < loaded.server.state.commit_index:
+                    replies, results = self._apply_committed(loaded)
+                else:
+                    replies, results = [], []
                 new_state = state_to_dict(loaded.server.state)
                 change = self._change(loaded, new_state, ready.log_changed_from, results, now)
                 if change is not None:
