@@ -2,7 +2,7 @@
 
 Every number here is a named parameter with a default, printed with the results and
 overridable by a flag (`--azure-<name>`). The prices are assumptions: list prices of the
-Service Bus Standard tier, Table Storage (standard, LRS) and the Functions Consumption plan
+Service Bus Standard tier, Table Storage (standard, LRS) and the Functions Flex Consumption plan
 as published when this was written, ignoring free grants, regions, taxes and discounts.
 Check the current price sheet before quoting a figure.
 
@@ -18,10 +18,15 @@ The model:
 - Cost per million commands counts what the in-process run measured per command: every
   published message (server and client) is `servicebus_ops_per_message` billed operations and
   one function execution per `messages_per_execution`; every store write is one
-  entity-group transaction.
+  entity-group transaction. Compute is Flex Consumption's on-demand GB-s: an instance is
+  billed for its memory while it executes, and Raft's heartbeat keeps one instance per server
+  function busy every second, plus the timer's and (under load) the HTTP function's, so a
+  running cluster bills `servers + 2` instances continuously; per command that is their cost
+  per second divided by the modelled throughput.
 - Idle cost per month scales the idle counts measured at the runner's heartbeat to the
-  Functions app's heartbeat, and adds the timer trigger's executions and the Service Bus
-  base charge.
+  Functions app's heartbeat, adds the timer trigger's executions, `servers + 1` instances
+  billed all month (the cluster never scales to zero while it runs) and the Service Bus base
+  charge.
 """
 
 from __future__ import annotations
@@ -45,13 +50,11 @@ class AzureModel:
     servicebus_base_usd_per_month: float = 9.86
     servicebus_ops_per_message: float = 2.0
     table_usd_per_10k_transactions: float = 0.00036
-    # Flex Consumption on demand (the plan infra/main.bicep deploys): executions and GB-s of
-    # the instance's memory (the template's default 2,048 MB) while it executes, at an assumed
-    # minimum billable period of 1 s per execution.
+    # Flex Consumption on demand (the plan infra/main.bicep deploys): executions, and GB-s of
+    # each instance's memory (the template's default 2,048 MB) while it executes.
     functions_usd_per_million_executions: float = 0.40
     functions_usd_per_gb_s: float = 0.000026
-    function_memory_gb: float = 2.048
-    function_billed_ms: float = 1000.0
+    function_instance_gb: float = 2.048
     messages_per_execution: float = 1.0
     # The Functions app's timing (raft/hosting/settings.py defaults).
     heartbeat_ms: float = 1000.0
@@ -74,10 +77,8 @@ class AzureModel:
 
     # ----------------------------------------------------------------- the model
 
-    @property
-    def usd_per_execution(self) -> float:
-        gb_s = self.function_memory_gb * self.function_billed_ms / 1000
-        return self.functions_usd_per_million_executions / 1e6 + gb_s * self.functions_usd_per_gb_s
+    def instances_usd_per_s(self, instances: int) -> float:
+        return instances * self.function_instance_gb * self.functions_usd_per_gb_s
 
     def commit_latency_ms(self) -> float:
         return (
@@ -89,18 +90,28 @@ class AzureModel:
     def throughput(self, clients: int) -> float:
         return clients / (self.commit_latency_ms() / 1000)
 
-    def usd_per_million(self, messages_per_command: float, writes_per_command: float) -> Cost:
-        """Variable cost of one million commands, from measured per-command counts (all
-        messages, server and client; all servers' writes)."""
+    def usd_per_million(
+        self, messages_per_command: float, writes_per_command: float, servers: int, clients: int
+    ) -> Cost:
+        """Cost of one million commands at the modelled throughput for `clients`, from
+        measured per-command counts (all messages, server and client; all servers' writes)."""
         bus = messages_per_command * self.servicebus_ops_per_message
         bus_usd = bus * self.servicebus_usd_per_million_ops
         table_usd = writes_per_command * 1e6 / 10_000 * self.table_usd_per_10k_transactions
         executions = messages_per_command / self.messages_per_execution
-        functions_usd = executions * 1e6 * self.usd_per_execution
+        seconds = 1e6 / self.throughput(clients)
+        functions_usd = (
+            executions * self.functions_usd_per_million_executions
+            + seconds * self.instances_usd_per_s(servers + 2)
+        )
         return Cost(bus_usd, table_usd, functions_usd)
 
     def idle_usd_per_month(
-        self, messages_per_minute: float, writes_per_minute: float, measured_heartbeat_ms: float
+        self,
+        messages_per_minute: float,
+        writes_per_minute: float,
+        measured_heartbeat_ms: float,
+        servers: int,
     ) -> Cost:
         scale = measured_heartbeat_ms / self.heartbeat_ms
         minutes = SECONDS_PER_MONTH / 60
@@ -114,7 +125,11 @@ class AzureModel:
         executions = (
             messages / self.messages_per_execution + SECONDS_PER_MONTH / self.timer_period_s
         )
-        return Cost(bus_usd, table_usd, executions * self.usd_per_execution)
+        functions_usd = (
+            executions / 1e6 * self.functions_usd_per_million_executions
+            + SECONDS_PER_MONTH * self.instances_usd_per_s(servers + 1)
+        )
+        return Cost(bus_usd, table_usd, functions_usd)
 
 
 @dataclass(frozen=True, slots=True)

@@ -69,7 +69,9 @@ class BenchReport:
 
     def azure(self, cell: CellResult) -> dict[str, Any]:
         all_messages = cell.server_messages_per_command + cell.client_messages_per_command
-        cost = self.model.usd_per_million(all_messages, cell.store_writes_per_command)
+        cost = self.model.usd_per_million(
+            all_messages, cell.store_writes_per_command, cell.servers, cell.clients
+        )
         return {
             "servers": cell.servers,
             "clients": cell.clients,
@@ -83,6 +85,7 @@ class BenchReport:
             idle.server_messages_per_minute,
             idle.store_writes_per_minute,
             RUNNER_CONFIG.heartbeat_interval,
+            idle.servers,
         )
         return {"servers": idle.servers, "usd_per_month": cost.to_json()}
 
