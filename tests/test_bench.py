@@ -12,7 +12,8 @@ import pytest
 from raft.bench import cli, pysyncobj_baseline
 from raft.bench.cost_model import AzureModel
 from raft.bench.inprocess import InProcessCluster
-from raft.bench.workload import Workload, percentile
+from raft.bench.workload import Workload
+from raft.hosts.latency import percentile
 
 
 @pytest.fixture(scope="module")

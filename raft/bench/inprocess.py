@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 
 from raft.adapters.memory_bus import InMemoryBus
 from raft.adapters.memory_store import InMemoryStore
-from raft.bench.workload import Latency, Workload
+from raft.bench.workload import Workload
 from raft.core.messages import ClientRequest, ClientResponse, ClientStatus, Envelope
 from raft.core.state import Config, Role
 from raft.hosting.settings import server_ids
+from raft.hosts.latency import Latency
 from raft.hosts.local_cluster import LocalCluster
 from raft.node.handler import NodeOptions
 

@@ -16,7 +16,8 @@ import time
 from dataclasses import dataclass
 from typing import IO, Any
 
-from raft.bench.workload import Latency, Workload
+from raft.bench.workload import Workload
+from raft.hosts.latency import Latency
 
 LOOPBACK = "127.0.0.1"
 NODE_MODULE = "raft.bench.pysyncobj_node"

@@ -27,7 +27,8 @@ from typing import Any
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf
 from pysyncobj.batteries import ReplDict
 
-from raft.bench.workload import Latency, Workload
+from raft.bench.workload import Workload
+from raft.hosts.latency import Latency
 
 LOOPBACK = "127.0.0.1"
 

@@ -23,6 +23,7 @@ from raft.hosting.settings import DEFAULTS, TABLE, server_ids
 from raft.hosts.client import RaftClient
 from raft.hosts.http_api import ApiLimits, ClusterApi
 from raft.hosts.http_server import LOOPBACK, ApiServer
+from raft.hosts.latency import Latency
 from raft.hosts.local_cluster import LocalCluster
 from raft.node.handler import NodeOptions
 from raft.ports.store import Store
@@ -41,28 +42,18 @@ class RunReport:
     store: str = "memory"
 
     def to_json(self) -> dict[str, Any]:
+        latency = Latency.of(self.latencies_ms)
         return {
             "requested": self.requested,
             "committed": self.committed,
             "leader": self.leader,
             "term": self.term,
             "last_index": self.last_index,
-            "latency_ms": {
-                "p50": round(percentile(self.latencies_ms, 50), 3),
-                "p99": round(percentile(self.latencies_ms, 99), 3),
-            },
+            "latency_ms": {"p50": latency.p50_ms, "p99": latency.p99_ms},
             "election_ms": round(self.election_ms, 3),
             "servers": self.servers,
             "store": self.store,
         }
-
-
-def percentile(values: list[float], pct: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    rank = max(0, min(len(ordered) - 1, round(pct / 100 * len(ordered) + 0.5) - 1))
-    return ordered[rank]
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
