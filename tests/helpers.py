@@ -61,32 +61,16 @@ def sent(target: RaftServer) -> list[Envelope]:
 
 
 def make_leader(target: RaftServer, now: int = 1000) -> None:
-    """Run a real (pre-)election that every peer grants."""
+    """Run a real election, pre-vote round then vote round, that every peer grants."""
     if target.state.election_deadline == 0:
         target.tick(0)
     target.tick(now)
-    for out in sent(target):
-        m = out.message
-        if isinstance(m, RequestVote):
-            target.step(
-                Envelope(
-                    out.to,
-                    target.state.server_id,
-                    RequestVoteResponse(m.term, out.to, True, m.pre_vote),
-                ),
-                now,
-            )
-    for out in sent(target):
-        m = out.message
-        if isinstance(m, RequestVote):
-            target.step(
-                Envelope(
-                    out.to,
-                    target.state.server_id,
-                    RequestVoteResponse(m.term, out.to, True, m.pre_vote),
-                ),
-                now,
-            )
+    for _round in ("pre-vote", "vote"):
+        for out in sent(target):
+            m = out.message
+            if isinstance(m, RequestVote):
+                grant = RequestVoteResponse(m.term, out.to, True, m.pre_vote)
+                target.step(Envelope(out.to, target.state.server_id, grant), now)
     assert target.state.role is Role.LEADER
     sent(target)
 
