@@ -8,6 +8,7 @@ the coverage) is the same for any number of jobs.
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import random
 import time
@@ -77,6 +78,17 @@ class Batch:
 
 def run_batch(options: RunOptions, start: int, stop: int) -> Batch:
     batch = Batch()
+    # A schedule allocates many short-lived objects and few cycles: collecting once per
+    # batch instead of every few hundred allocations saves a tenth of the run.
+    gc.disable()
+    try:
+        return _run_schedules(options, start, stop, batch)
+    finally:
+        gc.enable()
+        gc.collect()
+
+
+def _run_schedules(options: RunOptions, start: int, stop: int, batch: Batch) -> Batch:
     for index in range(start, stop):
         spec, strategy = schedule(options, index)
         outcome = Simulator(options.setup, spec, Live(strategy)).run()
