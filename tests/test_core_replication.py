@@ -302,3 +302,13 @@ def test_append_entries_contradicting_a_committed_entry_is_neither_applied_nor_a
     out = deliver(follower, "s1", append(3, "s1", 1, 1, [Entry(3, "c", 9, "other")]))
     assert [e.term for e in follower.state.log] == [1, 1]
     assert out == []
+
+
+def test_leader_that_steps_down_later_in_the_same_batch_sends_no_append_entries() -> None:
+    leader = server("s1", term=1)
+    make_leader(leader)
+    leader.step(Envelope("c", "s1", ClientRequest("c", 1, "{}", "c")), 1001)
+    leader.step(Envelope("s2", "s1", AppendEntriesResponse(9, "s2", False)), 1001)
+    out = sent(leader)
+    assert leader.state.role is Role.FOLLOWER and leader.state.current_term == 9
+    assert not [e for e in out if isinstance(e.message, AppendEntries)]

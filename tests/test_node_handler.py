@@ -10,6 +10,7 @@ import pytest
 
 from raft.app.kv import encode
 from raft.core.messages import (
+    AppendEntriesResponse,
     ClientRequest,
     ClientStatus,
     Envelope,
@@ -259,3 +260,15 @@ def test_a_larger_applied_state_is_snapshotted_less_often() -> None:
     first, second = indexes[:2]
     assert first == 4, "the first snapshot comes after snapshot_every entries"
     assert second - first > 4, f"the next waits longer, the state being larger: {indexes}"
+
+
+def test_a_batch_in_which_the_leader_steps_down_is_handled(cluster: ManualCluster) -> None:
+    leader = cluster.leader()
+    term = cluster.handlers[leader].state().current_term
+    follower = next(s for s in cluster.servers if s != leader)
+    batch = [
+        Envelope("c", leader, ClientRequest("c", 1, put("k", 1), "c")),
+        Envelope(follower, leader, AppendEntriesResponse(term + 5, follower, False)),
+    ]
+    cluster.handlers[leader].handle(batch, cluster.now)
+    assert cluster.store.read_state(leader)["role"] == "follower"  # type: ignore[index]

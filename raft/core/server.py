@@ -207,6 +207,9 @@ class RaftServer:
         self._to_replicate.update(s.peers)
 
     def clear_leader_state(self) -> None:
+        # Replication scheduled earlier in this batch is void once this server stops leading.
+        self._to_replicate.clear()
+        self._heartbeat_due.clear()
         s = self.state
         s.next_index.clear()
         s.match_index.clear()
