@@ -84,3 +84,8 @@ def test_host_json_pins_the_extension_bundle() -> None:
     host = json.loads((ROOT / "host.json").read_text())
     assert host["extensionBundle"]["version"] == "[4.*, 5.0.0)"
     assert "serviceBus" in host["extensions"]
+
+
+def test_command_size_setting_is_capped_to_what_storage_and_the_bus_can_hold() -> None:
+    with pytest.raises(ValueError, match=names.MAX_COMMAND_BYTES):
+        names.AppSettings.from_env({names.MAX_COMMAND_BYTES: "100000"})

@@ -268,3 +268,30 @@ def test_host_built_from_app_settings_keeps_malformed_messages_in_the_poison_par
     client = TableClient.from_connection_string(azurite, table)
     (kept,) = list(client.query_entities("PartitionKey eq 'poison'"))
     assert "UTF-8" in kept["Reason"] and kept["ServerId"] == "server-2"
+
+
+def test_largest_allowed_command_and_its_read_fit_table_storage(cluster: FunctionsCluster) -> None:
+    cluster.elect()
+    emoji = "\U0001f600"
+    overhead = len(b'{"key":"big","op":"put","value":""}')
+    value = emoji * ((16384 - overhead) // 4)
+    body = json.dumps(
+        {"op": "put", "key": "big", "value": value}, ensure_ascii=False, separators=(",", ":")
+    ).encode()
+    status, stored = cluster.http("post_command", "POST", "/api/commands", body)
+    assert status == 200, stored
+    status, read = cluster.http("get_key", "GET", "/api/kv/big", route_params={"key": "big"})
+    assert (status, read["value"]) == (200, value)
+    status, _ = cluster.http(
+        "post_command", "POST", "/api/commands", b'{"op":"put","key":"after","value":1}'
+    )
+    assert status == 200, "the cluster still commits"
+
+
+def test_command_over_the_limit_once_encoded_is_413(cluster: FunctionsCluster) -> None:
+    cluster.elect()
+    body = json.dumps(
+        {"op": "put", "key": "big", "value": "\U0001f600" * 4100}, ensure_ascii=False
+    ).encode()
+    status, answer = cluster.http("post_command", "POST", "/api/commands", body)
+    assert status == 413 and "limit" in answer["error"]

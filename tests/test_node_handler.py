@@ -272,3 +272,13 @@ def test_a_batch_in_which_the_leader_steps_down_is_handled(cluster: ManualCluste
     ]
     cluster.handlers[leader].handle(batch, cluster.now)
     assert cluster.store.read_state(leader)["role"] == "follower"  # type: ignore[index]
+
+
+def test_oversized_command_from_a_bus_client_is_rejected_before_the_log(
+    cluster: ManualCluster,
+) -> None:
+    leader = cluster.handlers[cluster.leader()]
+    before = leader.state().last_index
+    (response,) = cluster.submit(ClientRequest("c", 1, put("k", "x" * 20_000), "c"))
+    assert response.status is ClientStatus.REJECTED and "bytes" in response.result
+    assert leader.state().last_index == before

@@ -30,8 +30,8 @@ FIELDS: dict[str, set[str]] = {
 def parse_command(data: str) -> dict[str, Any]:
     try:
         command = json.loads(data)
-    except ValueError as exc:
-        raise CommandError(f"command is not JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:
+        raise CommandError(f"command is not JSON (or nested too deeply): {exc}") from None
     if not isinstance(command, dict):
         raise CommandError("command must be a JSON object")
     op = command.get("op")
@@ -47,7 +47,9 @@ def parse_command(data: str) -> dict[str, Any]:
 
 # One encoder for every command and result: cheaper than json.dumps's per-call setup on the
 # apply path, which every server runs for every command.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
+# Not ASCII-escaped: an emoji stays one character instead of twelve, so a command's size in
+# the log is what the caller sent.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), sort_keys=True, ensure_ascii=False)
 
 
 def encode(value: Any) -> str:

@@ -14,6 +14,16 @@ class CommandError(ValueError):
     """A command the application cannot accept; raised before it reaches the log."""
 
 
+# A command's size in the log, in bytes of UTF-8. Bounded so that the command, and a result of
+# about its size, fit one Table Storage property (64 KiB of UTF-16) and one Service Bus
+# message (JSON escaping at most doubles it): raft.hosting.settings caps the setting at this.
+MAX_COMMAND_BYTES_LIMIT = 24 * 1024
+
+
+def command_bytes(data: str) -> int:
+    return len(data.encode("utf-8", errors="surrogatepass"))
+
+
 class StateMachine(Protocol):
     def validate(self, data: str) -> None:
         """Raise CommandError if `data` is not a well-formed command. Called before proposing,

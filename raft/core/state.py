@@ -29,9 +29,10 @@ class Config:
     election_timeout_max: int = 300
     heartbeat_interval: int = 50
     max_entries_per_message: int = 256
-    # Counted in characters of entry data; UTF-8 takes at most 4 bytes a character, so this
-    # keeps an AppendEntries under Service Bus's 256 KiB message limit.
-    max_bytes_per_message: int = 48 * 1024
+    # Counted in characters of entry data: a character takes at most 4 bytes of UTF-8 and JSON
+    # escaping at most doubles that, so this keeps an AppendEntries under Service Bus's
+    # 256 KiB message limit (raft.core.wire.MAX_WIRE_BYTES).
+    max_bytes_per_message: int = 28 * 1024
     # AppendEntries messages in flight to one follower once it is known to match (pipelining).
     max_inflight_messages: int = 4
     # Uncommitted entries a leader accepts before refusing proposals as overloaded.

@@ -37,7 +37,8 @@ def node_options(settings: AppSettings) -> NodeOptions:
             election_timeout_min=settings.election_timeout_ms,
             election_timeout_max=2 * settings.election_timeout_ms,
             heartbeat_interval=settings.heartbeat_ms,
-        )
+        ),
+        max_command_bytes=settings.max_command_bytes,
     )
 
 

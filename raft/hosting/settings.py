@@ -10,6 +10,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from raft.app.state_machine import MAX_COMMAND_BYTES_LIMIT
+
 SERVER_COUNT = "RAFT_SERVER_COUNT"
 TOPIC = "RAFT_TOPIC"
 TABLE = "RAFT_TABLE"
@@ -90,6 +92,8 @@ class AppSettings:
             )
         if settings.heartbeat_ms * 3 > settings.election_timeout_ms:
             raise ValueError(f"{ELECTION_TIMEOUT_MS} must be at least 3x {HEARTBEAT_MS}")
+        if not 0 < settings.max_command_bytes <= MAX_COMMAND_BYTES_LIMIT:
+            raise ValueError(f"{MAX_COMMAND_BYTES} must be between 1 and {MAX_COMMAND_BYTES_LIMIT}")
         if not 0 < settings.http_wait_s < 200:
             raise ValueError(f"{HTTP_WAIT_S} must be under the platform's 230 s HTTP limit")
         return settings

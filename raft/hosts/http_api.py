@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from raft.app.kv import KeyValueStore, encode
-from raft.app.state_machine import CommandError
+from raft.app.state_machine import CommandError, command_bytes
 from raft.core.messages import ClientRequest, Envelope
 from raft.node.handler import UPDATED_AT
 from raft.ports.bus import Bus
@@ -96,6 +96,12 @@ class ClusterApi:
         except (ValueError, UnicodeDecodeError) as exc:
             return error(400, f"body is not JSON: {exc}")
         data = encode(command)
+        if command_bytes(data) > self.limits.max_command_bytes:
+            return error(
+                413,
+                f"command is {command_bytes(data)} bytes encoded; the limit is "
+                f"{self.limits.max_command_bytes}",
+            )
         try:
             self.validate(data)
         except CommandError as exc:

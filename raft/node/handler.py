@@ -21,7 +21,7 @@ from typing import Any
 
 from raft.app.kv import KeyValueStore
 from raft.app.sessions import DEFAULT_MAX_SESSIONS, AppliedState, Session
-from raft.app.state_machine import CommandError, StateMachine
+from raft.app.state_machine import CommandError, StateMachine, command_bytes
 from raft.core.messages import ClientRequest, ClientResponse, ClientStatus, Envelope
 from raft.core.rng import seed_for
 from raft.core.server import RaftServer
@@ -70,6 +70,8 @@ class NodeOptions:
     snapshot_every: int = 128
     snapshot_chars_per_entry: int = 256
     max_sessions: int = DEFAULT_MAX_SESSIONS
+    # Commands larger than this (UTF-8 bytes) are rejected before they reach the log.
+    max_command_bytes: int = 16 * 1024
     max_conflict_retries: int = 16
 
 
@@ -187,6 +189,13 @@ class NodeHandler:
             return ClientResponse(m.client_id, m.seq, ClientStatus.STALE)
         if loaded.server.overloaded():
             return None  # the core refuses it; no need to parse the command first
+        if command_bytes(m.data) > self.options.max_command_bytes:
+            return ClientResponse(
+                m.client_id,
+                m.seq,
+                ClientStatus.REJECTED,
+                result=f"command over {self.options.max_command_bytes} bytes",
+            )
         try:
             applied.machine.validate(m.data)
         except CommandError as exc:
