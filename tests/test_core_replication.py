@@ -17,7 +17,7 @@ from raft.core.messages import (
     Envelope,
 )
 from raft.core.server import RaftServer
-from raft.core.state import Role
+from raft.core.state import Role, ServerState
 from tests.helpers import (
     CONFIG,
     SERVERS,
@@ -183,13 +183,57 @@ def test_leader_jumps_to_its_last_entry_of_the_conflicting_term() -> None:
     assert retry.prev_log_index == 5
 
 
-def test_stale_rejection_below_the_match_index_is_ignored() -> None:
+def test_a_stale_rejection_never_moves_next_index_below_the_match_index() -> None:
     leader = server("s1", term=1)
     make_leader(leader)
     deliver(leader, "s2", ack(2, "s2", 1))
-    out = deliver(leader, "s2", AppendEntriesResponse(2, "s2", False, 0, conflict_index=1))
-    assert out == []
-    assert leader.state.next_index["s2"] == 2
+    deliver(leader, "s2", AppendEntriesResponse(2, "s2", False, 0, conflict_index=1))
+    assert leader.state.next_index["s2"] == 2 and leader.state.match_index["s2"] == 1
+
+
+def test_follower_is_caught_up_after_a_lost_message_past_a_million_entry_term() -> None:
+    # Review finding: backtracking once searched at most a million entries back, so the probe
+    # could land inside a long shared run; if the message carrying the divergence point was
+    # then lost, later rejections were ignored as stale and the follower never caught up.
+    run = 1_100_000
+    leader = RaftServer(
+        ServerState(
+            "s1",
+            SERVERS[:3],
+            rng=1,
+            current_term=7,
+            log=[Entry(5)] * run + [Entry(6)] * 10,
+            commit_index=run,
+        ),
+        CONFIG,
+    )
+    follower = RaftServer(
+        ServerState(
+            "s2", SERVERS[:3], rng=2, current_term=7, log=[Entry(5)] * (run + 50), commit_index=run
+        ),
+        CONFIG,
+    )
+    leader.become_leader(0)
+    out = list(leader.ready().messages)
+    lost = False
+    for now in range(20, 2000, 20):
+        for envelope in [e for e in out if e.to == "s2"]:
+            m = envelope.message
+            assert isinstance(m, AppendEntries)
+            if (
+                not lost
+                and m.entries
+                and m.prev_log_index <= run < m.prev_log_index + len(m.entries)
+            ):
+                lost = True
+                continue
+            follower.step(envelope, now)
+        for reply in follower.ready().messages:
+            leader.step(reply, now)
+        leader.tick(now)
+        out = list(leader.ready().messages)
+    assert lost
+    assert follower.state.log == leader.state.log
 
 
 def propose(leader: RaftServer, count: int, size: int = 10) -> None:

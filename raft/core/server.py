@@ -12,6 +12,7 @@ of known-buggy servers, or a user's own) can override one rule at a time.
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, replace
 
 from raft.core.messages import (
@@ -29,6 +30,11 @@ from raft.core.messages import (
 )
 from raft.core.rng import next_random
 from raft.core.state import Config, Role, ServerState
+
+
+def entry_term(entry: Entry) -> int:
+    return entry.term
+
 
 # A follower forwards a client request to the leader it knows at most this many times, so a
 # stale leader hint cannot bounce a request around forever.
@@ -349,10 +355,8 @@ class RaftServer:
         return True
 
     def first_index_of_term(self, term: int, index: int) -> int:
-        s = self.state
-        while index > 1 and s.term_at(index - 1) == term:
-            index -= 1
-        return index
+        """The first index of `term`'s run, which holds `index` (terms never decrease)."""
+        return bisect_left(self.state.log, term, hi=index, key=entry_term) + 1
 
     def reject_append(self, leader: ServerId, conflict_index: int, conflict_term: int) -> None:
         s = self.state
@@ -380,8 +384,9 @@ class RaftServer:
             s.probing.discard(sender)
             self.maybe_advance_commit()
         else:
-            if m.conflict_index <= s.match_index[sender]:
-                return
+            # Even a rejection that looks stale is acted on (never below matchIndex + 1): the
+            # response does not say which AppendEntries it answers, and ignoring a real one
+            # after a lost message would leave the follower behind for good.
             s.next_index[sender] = self.next_index_after_conflict(m, s.match_index[sender])
             s.probing.add(sender)
             s.inflight[sender] = 0
@@ -394,9 +399,9 @@ class RaftServer:
         s = self.state
         target = m.conflict_index
         if m.conflict_term:
-            index = min(s.last_index, m.conflict_index + 1_000_000)
-            while index > 0 and s.term_at(index) > m.conflict_term:
-                index -= 1
+            # Terms never decrease along a log, so a binary search finds the last entry of
+            # conflict_term (or of the last term before it).
+            index = bisect_right(s.log, m.conflict_term, key=entry_term)
             if index > 0 and s.term_at(index) == m.conflict_term:
                 target = index + 1
         return max(match + 1, min(target, s.last_index + 1))
