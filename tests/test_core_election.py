@@ -216,3 +216,16 @@ def test_election_timeouts_are_randomized_and_reproducible() -> None:
         deadlines.append(seen)
     assert deadlines[0] == deadlines[1]
     assert len(set(deadlines[0])) > 3
+
+
+def test_times_set_by_an_instance_whose_clock_ran_ahead_are_pulled_back() -> None:
+    s = server(term=2)
+    deliver(s, "s3", append(2, "s3", 0, 0, []), now=60_000)  # an instance 60 s ahead
+    s.tick(1000)
+    assert s.state.leader_contact == 1000
+    assert s.state.election_deadline <= 1000 + CONFIG.election_timeout_max
+    # So the lease ends and an election can happen on this instance's clock.
+    out = deliver(
+        s, "s2", vote_request(3, "s2", 0, 0, pre_vote=True), now=1000 + CONFIG.election_timeout_min
+    )
+    assert out == [RequestVoteResponse(3, "s1", True, pre_vote=True)]

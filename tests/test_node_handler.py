@@ -282,3 +282,14 @@ def test_oversized_command_from_a_bus_client_is_rejected_before_the_log(
     (response,) = cluster.submit(ClientRequest("c", 1, put("k", "x" * 20_000), "c"))
     assert response.status is ClientStatus.REJECTED and "bytes" in response.result
     assert leader.state().last_index == before
+
+
+def test_request_from_a_client_whose_session_was_evicted_is_refused_not_reapplied() -> None:
+    c = ManualCluster(3, NodeOptions(config=CONFIG, max_sessions=1))
+    c.elect()
+    c.submit(ClientRequest("a", 1, put("x", 1), "a"))
+    c.submit(ClientRequest("b", 1, put("y", 1), "b"))  # evicts a's session
+    (late,) = c.submit(ClientRequest("a", 2, put("x", 2), "a"))
+    assert late.status is ClientStatus.STALE
+    (read,) = c.submit(ClientRequest("b", 2, get("x"), "b"))
+    assert result(read)["value"] == 1

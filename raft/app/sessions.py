@@ -32,6 +32,8 @@ class AppliedState:
         self.max_sessions = max_sessions
         self.sessions: dict[str, Session] = {}
         self.last_applied = 0
+        # Sessions evicted so far (deterministic: every server evicts the same ones).
+        self.evicted = 0
 
     def lookup(self, client_id: str, seq: int) -> Session | None:
         """The recorded session if exactly (client_id, seq) was the last request applied."""
@@ -39,9 +41,14 @@ class AppliedState:
         return session if session is not None and session.seq == seq else None
 
     def is_stale(self, client_id: str, seq: int) -> bool:
-        """Whether `seq` is older than the client's last applied request (its result is gone)."""
+        """Whether `seq` is older than the client's last applied request (its result is gone),
+        or may be: once sessions have been evicted, a client with no session sending more
+        than its first request may be one whose session was evicted, and applying the request
+        could apply it twice (thesis §6.3: an expired session gets an error, not a re-run)."""
         session = self.sessions.get(client_id)
-        return session is not None and seq < session.seq
+        if session is None:
+            return seq > 1 and self.evicted > 0
+        return seq < session.seq
 
     def apply(self, index: int, entry: Entry) -> Session | None:
         """Apply the entry at `index`; return its session record (None for a no-op or a stale
@@ -66,11 +73,13 @@ class AppliedState:
         self.sessions[client_id] = session
         while len(self.sessions) > self.max_sessions:
             del self.sessions[next(iter(self.sessions))]
+            self.evicted += 1
 
     def snapshot(self) -> str:
         return json.dumps(
             {
                 "last_applied": self.last_applied,
+                "evicted": self.evicted,
                 "machine": self.machine.snapshot(),
                 "sessions": [
                     [cid, s.seq, s.result, s.index, s.term] for cid, s in self.sessions.items()
@@ -87,6 +96,7 @@ class AppliedState:
         if snapshot is not None:
             doc = json.loads(snapshot)
             applied.last_applied = doc["last_applied"]
+            applied.evicted = doc["evicted"]
             applied.machine.restore(doc["machine"])
             applied.sessions = {
                 cid: Session(seq, result, index, term)

@@ -92,8 +92,7 @@ class RaftServer:
     def tick(self, now: int) -> None:
         """Time passes: fire whichever of this server's deadlines is due."""
         s = self.state
-        if s.election_deadline == 0:
-            self.reset_election_timer(now)
+        self.clamp_timers(now)
         if s.role is Role.LEADER:
             quorum_due = self.config.check_quorum and now >= s.quorum_check_deadline
             if quorum_due and not self.check_quorum(now):
@@ -113,6 +112,21 @@ class RaftServer:
                 self.become_pre_candidate(now)
             else:
                 self.become_candidate(now)
+
+    def clamp_timers(self, now: int) -> None:
+        """Arm the election timer on the first tick, and pull back any time set by an instance
+        whose clock ran ahead of this one's: deadlines are absolute times, stored by whichever
+        function instance stepped the server last, and a future `leader_contact` would keep
+        the leader lease (and so votes) refused for as long as the skew."""
+        s, c = self.state, self.config
+        if s.election_deadline == 0 or s.election_deadline > now + c.election_timeout_max:
+            self.reset_election_timer(now)
+        if s.leader_contact > now:
+            s.leader_contact = now
+        if s.heartbeat_deadline > now + c.heartbeat_interval:
+            s.heartbeat_deadline = now
+        if s.quorum_check_deadline > now + c.election_timeout_min:
+            s.quorum_check_deadline = now + c.election_timeout_min
 
     def ready(self) -> Ready:
         """Flush replication and hand over everything produced since the last call."""

@@ -202,8 +202,12 @@ class ClusterApi:
             if time.monotonic() >= resend_at:
                 resend_at = time.monotonic() + self.limits.resend_s
                 current = self.find_leader()
-                if current is not None:
+                if current is not None and current[0] != leader_id:
                     leader_id = current[0]
+                    # The new leader may have applied it already: never send it twice then.
+                    found = self.store.read_result(leader_id, client_id)
+                    if found is not None:
+                        return self.committed(request_id, found)
                 self.bus.publish([Envelope(client_id, leader_id, request)])
         status_url = f"/api/commands/{request_id}"
         return ApiResponse(
