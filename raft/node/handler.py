@@ -127,14 +127,16 @@ class NodeHandler:
             for _ in range(self.options.max_conflict_retries):
                 loaded = self._cached or self._load()
                 self._cached = None
-                before = (loaded.server.state.role, loaded.server.state.current_term)
+                server = loaded.server
+                state = server.state
+                before = (state.role, state.current_term)
                 direct = action(loaded)
-                ready = loaded.server.ready()
-                if loaded.applied.last_applied < loaded.server.state.commit_index:
+                ready = server.ready()
+                if loaded.applied.last_applied < state.commit_index:
                     replies, results = self._apply_committed(loaded)
                 else:
                     replies, results = [], []
-                new_state = state_to_dict(loaded.server.state)
+                new_state = state_to_dict(state)
                 change = self._change(loaded, new_state, ready.log_changed_from, results, now)
                 if change is not None:
                     try:
@@ -143,13 +145,16 @@ class NodeHandler:
                         log.info("server=%s version conflict; reloading", self.server_id)
                         continue
                     loaded.saved_state = new_state
-                    loaded.stored_last_index = loaded.server.state.last_index
+                    loaded.stored_last_index = state.last_index
                     if change.snapshot is not None:
                         loaded.snapshot_index = loaded.applied.last_applied
                         loaded.snapshot_chars = len(change.snapshot)
                 self._cached = loaded
-                self._log_transition(before, loaded.server.state)
-                outbox = [*ready.messages, *direct, *replies]
+                if before != (state.role, state.current_term):
+                    self._log_transition(state)
+                outbox = (
+                    [*ready.messages, *direct, *replies] if direct or replies else ready.messages
+                )
                 if outbox:
                     self.bus.publish(outbox)
                 return
@@ -302,14 +307,13 @@ class NodeHandler:
             len(stored.snapshot or ""),
         )
 
-    def _log_transition(self, before: tuple[Role, int], state: ServerState) -> None:
-        if before != (state.role, state.current_term):
-            log.info(
-                "server=%s role=%s term=%d leader=%s last_index=%d commit=%d",
-                self.server_id,
-                state.role.value,
-                state.current_term,
-                state.leader_id or "-",
-                state.last_index,
-                state.commit_index,
-            )
+    def _log_transition(self, state: ServerState) -> None:
+        log.info(
+            "server=%s role=%s term=%d leader=%s last_index=%d commit=%d",
+            self.server_id,
+            state.role.value,
+            state.current_term,
+            state.leader_id or "-",
+            state.last_index,
+            state.commit_index,
+        )
