@@ -18,7 +18,7 @@ from raft.adapters.memory_bus import InMemoryBus
 from raft.adapters.memory_store import InMemoryStore
 from raft.app.kv import encode
 from raft.core.messages import ClientStatus
-from raft.core.state import Config, Role
+from raft.core.state import Config
 from raft.hosting.settings import DEFAULTS, TABLE, server_ids
 from raft.hosts.client import RaftClient
 from raft.hosts.http_api import ApiLimits, ClusterApi
@@ -151,7 +151,7 @@ def wait_for_leader(cluster: LocalCluster, timeout_s: float) -> str | None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         leader = cluster.leader()
-        if leader is not None and leader.role is Role.LEADER:
+        if leader is not None:
             return leader.server_id
         time.sleep(0.005)
     return None
