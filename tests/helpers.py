@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from raft.adapters.memory_bus import InMemoryBus
+from raft.adapters.memory_store import InMemoryStore
 from raft.core.messages import (
     AppendEntries,
     AppendEntriesResponse,
@@ -18,6 +20,7 @@ from raft.core.messages import (
 )
 from raft.core.server import RaftServer
 from raft.core.state import Config, Role, ServerState
+from raft.node.handler import NodeHandler, NodeOptions
 
 SERVERS = ("s1", "s2", "s3", "s4", "s5")
 CONFIG = Config(election_timeout_min=150, election_timeout_max=300, heartbeat_interval=50)
@@ -95,15 +98,11 @@ class ManualCluster:
     """Node handlers over one in-memory store and bus, with time and delivery driven by the
     test: nothing happens until the test says so."""
 
-    def __init__(self, size: int = 3, options: object | None = None) -> None:
-        from raft.adapters.memory_bus import InMemoryBus
-        from raft.adapters.memory_store import InMemoryStore
-        from raft.node.handler import NodeHandler, NodeOptions
-
+    def __init__(self, size: int = 3, options: NodeOptions | None = None) -> None:
         self.servers = [f"server-{i}" for i in range(1, size + 1)]
         self.store = InMemoryStore()
         self.bus = InMemoryBus()
-        self.options = options if isinstance(options, NodeOptions) else NodeOptions(config=CONFIG)
+        self.options = options or NodeOptions(config=CONFIG)
         self.handlers = {
             s: NodeHandler(s, self.servers, self.store, self.bus, self.options)
             for s in self.servers
