@@ -2,16 +2,16 @@
 
 One Service Bus topic trigger per server subscription, a timer that drives every server's
 election and heartbeat deadlines, and the HTTP API. The server count and topic come from app
-settings (raft/hosting/settings.py), so a 3-, 5- or 7-server cluster needs no code change.
+settings (raft/hosts/settings.py), so a 3-, 5- or 7-server cluster needs no code change.
 """
 
 from __future__ import annotations
 
 import azure.functions as func
 
-from raft.hosting import settings as names
-from raft.hosting.functions_host import host
-from raft.hosting.settings import AppSettings
+from raft.hosts import settings as names
+from raft.hosts.functions import host
+from raft.hosts.settings import AppSettings
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 settings = AppSettings.from_env()

@@ -6,7 +6,7 @@
 //   Flex Consumption plan and Function App (Python 3.11)               -> modules/functionapp.bicep
 //   Data-plane role assignments for the app (and optionally a developer) -> modules/roles.bicep
 //
-// Setting names and defaults mirror raft/hosting/settings.py; tests/test_infra.py checks that.
+// Setting names and defaults mirror raft/hosts/settings.py; tests/test_infra.py checks that.
 
 targetScope = 'resourceGroup'
 
@@ -122,7 +122,7 @@ module storage 'modules/storage.bicep' = {
   }
 }
 
-// Every setting the app reads (raft/hosting/settings.py). Connections are identity-based:
+// Every setting the app reads (raft/hosts/settings.py). Connections are identity-based:
 // no connection string, account key or SAS appears here.
 var appSettings = {
   AzureWebJobsStorage__accountName: storage.outputs.accountName

@@ -1,14 +1,21 @@
-"""Command line: `python -m raft run | test | replay | bench`."""
+"""Command line: `python -m raft run | test | replay`, plus commands that other installed
+packages plug in (the repository's `bench` adds `python -m raft bench`).
+
+A plug-in names a function in the `raft.commands` entry-point group; it is called with the
+subcommand parsers and adds its own, so this package never imports its plug-ins.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from importlib.metadata import entry_points
 
-from raft.bench import cli as bench_cli
 from raft.hosts import runner
 from raft.sim import cli as sim_cli
+
+PLUGIN_GROUP = "raft.commands"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,9 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     replay = commands.add_parser("replay", help="replay a trace written by `test` step by step")
     sim_cli.add_replay_arguments(replay)
     replay.set_defaults(handler=sim_cli.run_replay)
-    bench = commands.add_parser("bench", help="measure throughput, latency, messages and writes")
-    bench_cli.add_bench_arguments(bench)
-    bench.set_defaults(handler=bench_cli.run_bench)
+    for plugin in sorted(entry_points(group=PLUGIN_GROUP), key=lambda e: e.name):
+        plugin.load()(commands)
     return parser
 
 

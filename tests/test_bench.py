@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from raft.bench import cli, pysyncobj_baseline
-from raft.bench.cost_model import AzureModel
-from raft.bench.inprocess import InProcessCluster
-from raft.bench.workload import Workload
+from bench import cli, pysyncobj_baseline
+from bench.cost_model import AzureModel
+from bench.inprocess import InProcessCluster
+from bench.workload import Workload
 from raft.hosts.latency import percentile
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from raft.hosting import settings as names
+from raft.hosts import settings as names
 
 ROOT = Path(__file__).resolve().parent.parent
 

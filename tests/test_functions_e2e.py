@@ -23,8 +23,8 @@ from raft.adapters.memory_bus import InMemoryBus
 from raft.adapters.table_store import TableStore
 from raft.core import wire
 from raft.core.messages import ClientRequest, Envelope
-from raft.hosting.functions_host import FunctionsHost, use_host
-from raft.hosting.settings import AppSettings
+from raft.hosts.functions import FunctionsHost, use_host
+from raft.hosts.settings import AppSettings
 
 ENV = {
     "RAFT_SERVER_COUNT": "3",

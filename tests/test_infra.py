@@ -1,5 +1,5 @@
 """The Bicep template under infra/: it parses, checkov finds nothing, and it agrees with
-raft/hosting/settings.py (the one place every app setting is named).
+raft/hosts/settings.py (the one place every app setting is named).
 
 The template is read with pycep (the parser checkov itself uses for Bicep), so these tests look
 at the declared structure rather than at text. pycep writes an identifier reference and a string
@@ -20,7 +20,8 @@ from typing import Any
 import pycep
 import pytest
 
-from raft.hosting import settings
+from raft.adapters.servicebus_bus import ADDRESSEE_PROPERTY
+from raft.hosts import settings
 
 ROOT = Path(__file__).resolve().parent.parent
 INFRA = ROOT / "infra"
@@ -159,7 +160,7 @@ def test_every_module_is_a_local_file(parse: Any) -> None:
             assert (path.parent / module["detail"]["path"]).is_file(), name
 
 
-# --- the template agrees with raft/hosting/settings.py --------------------------------------
+# --- the template agrees with raft/hosts/settings.py --------------------------------------
 
 
 def test_topic_default_is_the_settings_default(main: Bicep) -> None:
@@ -191,7 +192,7 @@ def test_subscription_names_follow_the_server_id_convention(main: Bicep) -> None
 def test_each_subscription_has_an_addressee_correlation_rule(parse: Any, main: Bicep) -> None:
     passed = main["modules"]["serviceBus"]["config"]["params"]
     assert passed["ruleName"] == settings.SUBSCRIPTION_RULE
-    assert passed["addresseeProperty"] == settings.ADDRESSEE_PROPERTY
+    assert passed["addresseeProperty"] == ADDRESSEE_PROPERTY
 
     module = parse(SERVICE_BUS)
     rules = module["resources"]["addresseeRules"]

@@ -13,9 +13,9 @@ from raft.adapters.connections import Connection
 from raft.adapters.memory_bus import InMemoryBus
 from raft.adapters.table_store import TableStore
 from raft.app.kv import encode
-from raft.hosting.settings import server_ids
 from raft.hosts.client import RaftClient
 from raft.hosts.local_cluster import LocalCluster
+from raft.hosts.settings import server_ids
 from raft.node.handler import NodeOptions
 
 

@@ -43,7 +43,7 @@ from raft.core.messages import (
     Envelope,
     RequestVote,
 )
-from raft.hosting import settings
+from raft.hosts import settings
 
 ROOT = Path(__file__).resolve().parent.parent
 EMULATOR_CONFIG = ROOT / "infra" / "servicebus-emulator" / "Config.json"
@@ -179,7 +179,7 @@ def test_message_properties_name_kind_sender_addressee_and_term() -> None:
     assert message.application_properties == {
         "kind": "request_vote",
         "sender": "server-3",
-        settings.ADDRESSEE_PROPERTY: "server-4",
+        sb.ADDRESSEE_PROPERTY: "server-4",
         "term": 7,
     }
 
@@ -523,10 +523,6 @@ def iso_seconds(duration: str) -> int:
     return h * 3600 + m * 60 + s
 
 
-def test_adapter_addressee_property_matches_settings() -> None:
-    assert sb.ADDRESSEE_PROPERTY == settings.ADDRESSEE_PROPERTY
-
-
 def test_emulator_topic_is_the_default_topic() -> None:
     assert emulator_topic()["Name"] == settings.DEFAULTS[settings.TOPIC]
 
@@ -544,7 +540,7 @@ def test_emulator_subscriptions_filter_on_the_addressee_property() -> None:
                 "Properties": {
                     "FilterType": "Correlation",
                     "CorrelationFilter": {
-                        "Properties": {settings.ADDRESSEE_PROPERTY: subscription["Name"]}
+                        "Properties": {sb.ADDRESSEE_PROPERTY: subscription["Name"]}
                     },
                 },
             }

@@ -1,7 +1,8 @@
 // Service Bus namespace, the Raft topic and one filtered subscription per server.
 //
-// Each subscription gets a rule named after settings.SUBSCRIPTION_RULE: a correlation filter
-// matching the application property settings.ADDRESSEE_PROPERTY against the server's id.
+// Each subscription gets a rule named after raft.hosts.settings.SUBSCRIPTION_RULE: a
+// correlation filter matching the application property
+// raft.adapters.servicebus_bus.ADDRESSEE_PROPERTY against the server's id.
 // Service Bus gives every new subscription a '$Default' TrueFilter rule; ARM cannot delete a
 // rule declaratively, so the template also declares '$Default' itself with a filter that never
 // matches (1=0). Whichever order the platform applies these in, no catch-all rule remains.

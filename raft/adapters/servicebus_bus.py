@@ -5,7 +5,7 @@ Every envelope becomes one Service Bus message:
 - body: ``wire.encode(envelope)`` (UTF-8 JSON), ``content_type`` ``application/json``;
 - application properties ``kind``, ``sender``, ``addressee`` and ``term`` (the Raft term of an
   RPC; 0 for client requests and responses). Each server's subscription has a correlation
-  filter on ``addressee`` (``settings.ADDRESSEE_PROPERTY``), so it sees only its own traffic;
+  filter on ``addressee`` (``ADDRESSEE_PROPERTY``), so it sees only its own traffic;
 - ``subject`` = kind (shown by Service Bus Explorer and usable in filters);
 - ``time_to_live``: a message nobody reads in time is stale for Raft anyway, and expiry
   dead-letters it (``DeadLetteringOnMessageExpiration``) rather than letting it pile up;
@@ -61,7 +61,8 @@ log = logging.getLogger("raft.servicebus")
 CONTENT_TYPE = "application/json"
 KIND_PROPERTY = "kind"
 SENDER_PROPERTY = "sender"
-# Must equal settings.ADDRESSEE_PROPERTY (checked by the tests; adapters do not import hosting).
+# The application property naming the server a message is for; each subscription's correlation
+# filter (raft.hosts.settings.SUBSCRIPTION_RULE, infra/modules/servicebus.bicep) matches it.
 ADDRESSEE_PROPERTY = "addressee"
 TERM_PROPERTY = "term"
 # Service Bus caps a message id at 128 characters.

@@ -16,7 +16,7 @@ class CommandError(ValueError):
 
 # A command's size in the log, in bytes of UTF-8. Bounded so that the command, and a result of
 # about its size, fit one Table Storage property (64 KiB of UTF-16) and one Service Bus
-# message (JSON escaping at most doubles it): raft.hosting.settings caps the setting at this.
+# message (JSON escaping at most doubles it): raft.hosts.settings caps the setting at this.
 MAX_COMMAND_BYTES_LIMIT = 24 * 1024
 
 

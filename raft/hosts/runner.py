@@ -19,12 +19,12 @@ from raft.adapters.memory_store import InMemoryStore
 from raft.app.kv import encode
 from raft.core.messages import ClientStatus
 from raft.core.state import Config
-from raft.hosting.settings import DEFAULTS, TABLE, server_ids
 from raft.hosts.client import RaftClient
 from raft.hosts.http_api import ApiLimits, ClusterApi
 from raft.hosts.http_server import LOOPBACK, ApiServer
 from raft.hosts.latency import Latency
 from raft.hosts.local_cluster import LocalCluster
+from raft.hosts.settings import DEFAULTS, STORAGE_CONNECTION, TABLE, server_ids
 from raft.node.handler import NodeOptions
 from raft.ports.store import Store
 
@@ -193,7 +193,9 @@ def open_store(args: argparse.Namespace) -> Store:
     if args.store == "azurite":
         connection = Connection(connection_string=AZURITE_CONNECTION_STRING)
     elif args.connection_string:
-        connection = resolve("RaftStorage", {"RaftStorage": args.connection_string}, "tables")
+        connection = resolve(
+            STORAGE_CONNECTION, {STORAGE_CONNECTION: args.connection_string}, "tables"
+        )
     else:
         raise SystemExit("--store tables needs --connection-string")
     return TableStore.from_connection(connection, args.table)

@@ -8,8 +8,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 
-from raft.bench.inprocess import RUNNER_CONFIG, CellResult, InProcessCluster, OpenLoopResult
-from raft.bench.workload import Workload
+from bench.inprocess import RUNNER_CONFIG, CellResult, InProcessCluster, OpenLoopResult
+from bench.workload import Workload
 
 
 def rss_mib() -> float:

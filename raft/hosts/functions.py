@@ -18,9 +18,9 @@ from raft.adapters.poison import LoggingPoisonRecorder, PoisonRecorder, TablePoi
 from raft.adapters.servicebus_bus import ServiceBusBus, receive
 from raft.core.messages import Envelope
 from raft.core.state import Config
-from raft.hosting import settings as names
-from raft.hosting.settings import AppSettings
+from raft.hosts import settings as names
 from raft.hosts.http_api import ApiLimits, ApiResponse, ClusterApi, header
+from raft.hosts.settings import AppSettings
 from raft.node.handler import NodeHandler, NodeOptions
 from raft.ports.bus import Bus
 from raft.ports.clock import Clock, WallClock

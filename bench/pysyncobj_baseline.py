@@ -16,11 +16,11 @@ import time
 from dataclasses import dataclass
 from typing import IO, Any
 
-from raft.bench.workload import Workload
+from bench.workload import Workload
 from raft.hosts.latency import Latency
 
 LOOPBACK = "127.0.0.1"
-NODE_MODULE = "raft.bench.pysyncobj_node"
+NODE_MODULE = "bench.pysyncobj_node"
 STOP_TIMEOUT_S = 5.0
 # PySyncObj's own default (SyncObjConf.appendEntriesPeriod).
 DEFAULT_APPEND_PERIOD_S = 0.1

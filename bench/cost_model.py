@@ -56,7 +56,7 @@ class AzureModel:
     functions_usd_per_gb_s: float = 0.000026
     function_instance_gb: float = 2.048
     messages_per_execution: float = 1.0
-    # The Functions app's timing (raft/hosting/settings.py defaults).
+    # The Functions app's timing (raft/hosts/settings.py defaults).
     heartbeat_ms: float = 1000.0
     timer_period_s: float = 1.0
 

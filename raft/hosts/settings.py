@@ -41,9 +41,8 @@ DEFAULTS: dict[str, str] = {
     MESSAGE_TTL_S: "120",
 }
 
-# Application property on every Service Bus message naming the server it is for; each
-# subscription's correlation filter matches it.
-ADDRESSEE_PROPERTY = "addressee"
+# The name of each subscription's correlation-filter rule, which matches the adapter's
+# ADDRESSEE_PROPERTY against the server's id.
 SUBSCRIPTION_RULE = "addressee"
 
 

@@ -1,4 +1,4 @@
-"""`python -m raft bench` (also `python -m raft.bench`): arguments and the whole run.
+"""`python -m raft bench` (also `python -m bench`): arguments and the whole run.
 
 Every measurement is bounded in count and in time; the default run takes about two to three
 minutes, `--quick` a few seconds (for tests).
@@ -11,14 +11,15 @@ import json
 import shlex
 import sys
 from dataclasses import dataclass
+from typing import Any
 
-from raft.bench import pysyncobj_baseline
-from raft.bench.cost_model import AzureModel
-from raft.bench.inprocess import RUNNER_CONFIG, InProcessCluster
-from raft.bench.overload import run_overload
-from raft.bench.report import RATIO_CLUSTER, TARGET_CLIENTS, BenchReport
-from raft.bench.simspeed import measure_sim
-from raft.bench.workload import ANCHOR_COMMANDS, Workload
+from bench import pysyncobj_baseline
+from bench.cost_model import AzureModel
+from bench.inprocess import RUNNER_CONFIG, InProcessCluster
+from bench.overload import run_overload
+from bench.report import RATIO_CLUSTER, TARGET_CLIENTS, BenchReport
+from bench.simspeed import measure_sim
+from bench.workload import ANCHOR_COMMANDS, Workload
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,6 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overload-factor", type=float, default=3.0)
     parser.add_argument("--no-sim", action="store_true", help="skip the simulator speed")
     parser.add_argument("--sim-iterations", type=int, help="default 1000 (quick: 5)")
-    parser.add_argument("--sim-timeout-s", type=float, default=120.0)
     defaults = AzureModel()
     for name in AzureModel.parameters():
         parser.add_argument(
@@ -126,9 +126,7 @@ def run_bench(args: argparse.Namespace) -> int:
         )
     if not args.no_sim:
         _progress(args, "simulator speed")
-        report.sim = measure_sim(
-            iterations=args.sim_iterations or sizes.sim_iterations, timeout_s=args.sim_timeout_s
-        )
+        report.sim = measure_sim(iterations=args.sim_iterations or sizes.sim_iterations)
     doc = report.to_json()
     if args.json_out:
         with open(args.json_out, "w") as f:
@@ -161,6 +159,13 @@ def run_pysyncobj(
         "fixed number of clients its throughput is about clients / period; the ratio in the "
         "JSON is against its default period, the tuned row shows a shorter one."
     )
+
+
+def add_command(commands: Any) -> None:
+    """The `raft.commands` entry point: adds `bench` to `python -m raft`."""
+    bench = commands.add_parser("bench", help="measure throughput, latency, messages and writes")
+    add_bench_arguments(bench)
+    bench.set_defaults(handler=run_bench)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 """One PySyncObj node for the baseline, run as its own process by `pysyncobj_baseline`.
 
-    python -m raft.bench.pysyncobj_node APPEND_PERIOD_S|default SELF_PORT PARTNER_PORT...
+    python -m bench.pysyncobj_node APPEND_PERIOD_S|default SELF_PORT PARTNER_PORT...
 
 It replicates a dictionary (`ReplDict`) with `appendEntriesUseBatch=True`, listening on
 127.0.0.1 only, and obeys one-line JSON commands on stdin, answering one JSON line each on
@@ -27,7 +27,7 @@ from typing import Any
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf
 from pysyncobj.batteries import ReplDict
 
-from raft.bench.workload import Workload
+from bench.workload import Workload
 from raft.hosts.latency import Latency
 
 LOOPBACK = "127.0.0.1"

@@ -18,14 +18,14 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from bench.workload import Workload
 from raft.adapters.memory_bus import InMemoryBus
 from raft.adapters.memory_store import InMemoryStore
-from raft.bench.workload import Workload
 from raft.core.messages import ClientRequest, ClientResponse, ClientStatus, Envelope
 from raft.core.state import Config, Role
-from raft.hosting.settings import server_ids
 from raft.hosts.latency import Latency
 from raft.hosts.local_cluster import LocalCluster
+from raft.hosts.settings import server_ids
 from raft.node.handler import NodeOptions
 
 # The local runner's timing (python -m raft run): 150-300 ms election timeout, 50 ms heartbeat.

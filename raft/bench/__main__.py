@@ -1,5 +1,0 @@
-import sys
-
-from raft.bench.cli import main
-
-sys.exit(main())

@@ -1,1 +1,0 @@
-"""Host configuration shared by the Functions app, the local runner and the infrastructure."""
