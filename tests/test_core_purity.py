@@ -1,5 +1,6 @@
 """The protocol core is pure: it imports no Azure SDK, clock, randomness, threads, event loop
-or I/O, so every host (and the simulator) drives the very same code. (That it imports\nnothing above itself is tests/test_layers.py's job.)"""
+or I/O, so every host (and the simulator) drives the very same code. (That it imports
+nothing above itself is tests/test_layers.py's job.)"""
 
 from __future__ import annotations
 

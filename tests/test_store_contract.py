@@ -20,7 +20,8 @@ from azure.data.tables import TableServiceClient
 
 from raft.adapters.connections import resolve
 from raft.adapters.memory_store import InMemoryStore
-from raft.adapters.table_store import TableStore, result_key
+from raft.adapters.table_rows import result_key
+from raft.adapters.table_store import TableStore
 from raft.core.messages import Entry
 from raft.ports.store import (
     Change,
