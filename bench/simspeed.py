@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from raft.sim.runner import RunOptions, explore
-from raft.sim.simulator import SimSetup
+from raft.sim.schedule import SimSetup
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from raft.sim.runner import RunOptions, explore, replay, schedule
-from raft.sim.simulator import SimSetup, Simulator
+from raft.sim.schedule import SimSetup
+from raft.sim.simulator import Simulator
 from raft.sim.strategies import Recorder
 
 ROOT = Path(__file__).resolve().parent.parent

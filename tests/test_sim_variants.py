@@ -14,7 +14,7 @@ import pytest
 
 from raft.sim import trace
 from raft.sim.runner import RunOptions, explore, investigate
-from raft.sim.simulator import SimSetup
+from raft.sim.schedule import SimSetup
 from raft.sim.variants import VARIANTS
 
 # variant -> (servers, max steps, schedules budget); found today at the noted schedule.

@@ -11,7 +11,7 @@ from typing import Any
 
 from raft.sim import html, trace
 from raft.sim.runner import STRATEGY_CHOICES, Exploration, RunOptions, explore, investigate
-from raft.sim.simulator import SimSetup
+from raft.sim.schedule import SimSetup
 from raft.sim.variants import PRODUCTION, VARIANTS, resolve_target
 
 

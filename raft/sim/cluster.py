@@ -28,7 +28,8 @@ from raft.sim.faults import FaultPlan
 from raft.sim.linearizability import Operation
 from raft.sim.monitors import Violation
 from raft.sim.network import all_pairs
-from raft.sim.simulator import ScheduleSpec, SimSetup, Simulator
+from raft.sim.schedule import ScheduleSpec, SimSetup
+from raft.sim.simulator import Simulator
 from raft.sim.strategies import FairStrategy, Recorder
 from raft.sim.variants import ServerFactory
 

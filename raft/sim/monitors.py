@@ -12,11 +12,10 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from dataclasses import dataclass
-from typing import Any
 
 from raft.ports.store import Change
 from raft.sim.linearizability import Operation, check_history
-from raft.sim.storage import PersistedView
+from raft.sim.storage import PersistedView, SaveEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,14 +55,7 @@ class Monitor:
     name = "monitor"
     trigger = "log"
 
-    def on_save(
-        self,
-        server: str,
-        before: dict[str, Any] | None,
-        change: Change,
-        old_length: int,
-        view: PersistedView,
-    ) -> str | None:
+    def on_save(self, event: SaveEvent) -> str | None:
         return None
 
 
@@ -76,21 +68,14 @@ class ElectionSafety(Monitor):
     def __init__(self) -> None:
         self.leaders: dict[int, str] = {}
 
-    def on_save(
-        self,
-        server: str,
-        before: dict[str, Any] | None,
-        change: Change,
-        old_length: int,
-        view: PersistedView,
-    ) -> str | None:
-        state = change.state
+    def on_save(self, event: SaveEvent) -> str | None:
+        state = event.state
         if state["role"] != "leader":
             return None
         term = state["current_term"]
-        first = self.leaders.setdefault(term, server)
-        if first != server:
-            return f"{first} and {server} are both leaders of term {term}"
+        first = self.leaders.setdefault(term, event.server)
+        if first != event.server:
+            return f"{first} and {event.server} are both leaders of term {term}"
         return None
 
 
@@ -100,26 +85,19 @@ class LeaderAppendOnly(Monitor):
     name = "leader-append-only"
     trigger = "leader"
 
-    def on_save(
-        self,
-        server: str,
-        before: dict[str, Any] | None,
-        change: Change,
-        old_length: int,
-        view: PersistedView,
-    ) -> str | None:
-        state = change.state
+    def on_save(self, event: SaveEvent) -> str | None:
+        state = event.state
         if (
-            change.log_from is not None
-            and change.log_from <= old_length
-            and before is not None
-            and before["role"] == "leader"
+            event.change.log_from is not None
+            and event.change.log_from <= event.old_length
+            and event.before is not None
+            and event.before["role"] == "leader"
             and state["role"] == "leader"
-            and before["current_term"] == state["current_term"]
+            and event.before["current_term"] == state["current_term"]
         ):
             return (
-                f"leader {server} of term {state['current_term']} rewrote its log from index "
-                f"{change.log_from} (it had {old_length} entries)"
+                f"leader {event.server} of term {state['current_term']} rewrote its log from index "
+                f"{event.change.log_from} (it had {event.old_length} entries)"
             )
         return None
 
@@ -135,24 +113,17 @@ class LogMatching(Monitor):
         self.digests = digests
         self.seen: dict[tuple[int, int], int] = {}
 
-    def on_save(
-        self,
-        server: str,
-        before: dict[str, Any] | None,
-        change: Change,
-        old_length: int,
-        view: PersistedView,
-    ) -> str | None:
-        if change.log_from is None:
+    def on_save(self, event: SaveEvent) -> str | None:
+        if event.change.log_from is None:
             return None
-        digests = self.digests.of[server]
-        log = view.log
-        for index in range(change.log_from, len(log) + 1):
+        digests = self.digests.of[event.server]
+        log = event.view.log
+        for index in range(event.change.log_from, len(log) + 1):
             key = (index, log[index - 1].term)
             known = self.seen.setdefault(key, digests[index - 1])
             if known != digests[index - 1]:
                 return (
-                    f"{server} holds an entry at index {index} of term {key[1]} whose log "
+                    f"{event.server} holds an entry at index {index} of term {key[1]} whose log "
                     f"prefix differs from another server's entry at the same index and term"
                 )
         return None
@@ -169,26 +140,21 @@ class StateMachineSafety(Monitor):
     def __init__(self, digests: LogDigests) -> None:
         self.digests = digests
 
-    def on_save(
-        self,
-        server: str,
-        before: dict[str, Any] | None,
-        change: Change,
-        old_length: int,
-        view: PersistedView,
-    ) -> str | None:
-        state = change.state
+    def on_save(self, event: SaveEvent) -> str | None:
+        state = event.state
         commit = state["commit_index"]
-        if commit > len(view.log):
-            return f"{server} has commit_index {commit} but only {len(view.log)} log entries"
+        if commit > len(event.view.log):
+            length = len(event.view.log)
+            return f"{event.server} has commit_index {commit} but only {length} log entries"
         if state["last_applied"] > commit:
-            return f"{server} applied up to {state['last_applied']} past commit_index {commit}"
+            applied = state["last_applied"]
+            return f"{event.server} applied up to {applied} past commit_index {commit}"
         committed = self.digests.committed
-        mine = self.digests.of[server]
+        mine = self.digests.of[event.server]
         shared = min(commit, len(committed))
         if shared and mine[shared - 1] != committed[shared - 1]:
             return (
-                f"{server} committed a log prefix up to index {shared} that differs from the "
+                f"{event.server} committed a log prefix up to index {shared} that differs from the "
                 f"one another server committed"
             )
         if commit > len(committed):
@@ -207,28 +173,21 @@ class LeaderCompleteness(Monitor):
     def __init__(self, digests: LogDigests) -> None:
         self.digests = digests
 
-    def on_save(
-        self,
-        server: str,
-        before: dict[str, Any] | None,
-        change: Change,
-        old_length: int,
-        view: PersistedView,
-    ) -> str | None:
-        state = change.state
+    def on_save(self, event: SaveEvent) -> str | None:
+        state = event.state
         if state["role"] != "leader" or (
-            before is not None
-            and before["role"] == "leader"
-            and before["current_term"] == state["current_term"]
+            event.before is not None
+            and event.before["role"] == "leader"
+            and event.before["current_term"] == state["current_term"]
         ):
             return None
         term = state["current_term"]
         committed = self.digests.committed
         k = bisect_left(self.digests.commit_terms, term)
-        mine = self.digests.of[server]
+        mine = self.digests.of[event.server]
         if k and (len(mine) < k or mine[k - 1] != committed[k - 1]):
             return (
-                f"{server} became leader of term {term} without the first {k} entries, "
+                f"{event.server} became leader of term {term} without the first {k} entries, "
                 f"committed in earlier terms"
             )
         return None
@@ -262,23 +221,16 @@ class Durability(Monitor):
         self.acked[index] = (term, op.client, op.seq, holders)
         return self._check(index)
 
-    def on_save(
-        self,
-        server: str,
-        before: dict[str, Any] | None,
-        change: Change,
-        old_length: int,
-        view: PersistedView,
-    ) -> str | None:
-        if change.log_from is None or not self.acked:
+    def on_save(self, event: SaveEvent) -> str | None:
+        if event.change.log_from is None or not self.acked:
             return None
         for index, (term, client, seq, holders) in self.acked.items():
-            if index < change.log_from:
+            if index < event.change.log_from:
                 continue
-            if self._holds(server, index, term, client, seq):
-                holders.add(server)
+            if self._holds(event.server, index, term, client, seq):
+                holders.add(event.server)
             else:
-                holders.discard(server)
+                holders.discard(event.server)
             problem = self._check(index)
             if problem:
                 return problem

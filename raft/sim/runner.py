@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from raft.sim.coverage import Coverage
 from raft.sim.faults import FaultPlan
 from raft.sim.monitors import Violation
+from raft.sim.schedule import Outcome, ScheduleSpec, SimSetup
 from raft.sim.shrink import shrink
-from raft.sim.simulator import Outcome, ScheduleSpec, SimSetup, Simulator
+from raft.sim.simulator import Simulator
 from raft.sim.strategies import PORTFOLIO, STRATEGIES, Live, Recorder, Replayer, Strategy
 
 STRATEGY_CHOICES = ("portfolio", "swarm", *PORTFOLIO)

@@ -13,17 +13,15 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from raft.core.messages import ClientResponse, Envelope
-from raft.core.state import Config
-from raft.core.wire import KIND_OF, to_json_value
+from raft.core.wire import KIND_OF
 from raft.node.handler import NodeHandler, NodeOptions
-from raft.ports.store import Change
 from raft.sim.clients import ClientProtocolError, SimClient
 from raft.sim.coverage import Coverage
 from raft.sim.faults import Fault, FaultPlan
+from raft.sim.injector import CRASH_AFTER_SAVE, DROP, DUPLICATE, RACE, FaultInjector
 from raft.sim.linearizability import Operation
 from raft.sim.monitors import (
     Durability,
@@ -38,102 +36,19 @@ from raft.sim.monitors import (
     StateMachineSafety,
     Violation,
 )
-from raft.sim.network import CLIENT, DELIVER, TICK, Network, Pending, partition_pairs
-from raft.sim.storage import PersistedView, WatchedStore
+from raft.sim.network import CLIENT, DELIVER, TICK, Network, Pending
+from raft.sim.schedule import Outcome, ScheduleSpec, SimSetup
+from raft.sim.storage import SaveEvent, WatchedStore
 from raft.sim.strategies import FAIR, Choices, Recorder
-from raft.sim.variants import PRODUCTION, ServerFactory, resolve_target
+from raft.sim.tracer import Tracer
+from raft.sim.variants import ServerFactory, resolve_target
 
 NO_FAULTS = FaultPlan()
 MESSAGE_TYPES: tuple[type, ...] = tuple(KIND_OF)
-# The per-step fault draw's outcomes (0: none), in the order of `Simulator._fault_rates`.
-CRASH, RESTART, PARTITION, HEAL, SKEW, DROP, DUPLICATE, DELAY, RACE, CRASH_AFTER_SAVE = range(1, 11)
 # A timer event that changed nothing (an instance whose cached state is stale still thinks
 # the deadline is ahead) comes back after this many virtual ms, as a periodic timer trigger
 # would; otherwise virtual time would never reach the stale deadline.
 TIMER_PERIOD = 10
-# A clock jump sets a server's offset from virtual time to one of these (ms). Raft's safety
-# must not depend on clocks; skew makes timeouts fire early or late, as Coyote's
-# nondeterministic timers do.
-SKEWS = (-300, -200, -100, -50, 0, 50, 100, 200, 300)
-
-
-@dataclass(frozen=True)
-class SimSetup:
-    """The shape of every schedule of a test run."""
-
-    servers: int = 5
-    clients: int = 3
-    keys: int = 2
-    max_steps: int = 200
-    # Fair steps the liveness monitor may stay hot after faults stop.
-    liveness_steps: int = 400
-    election_timeout_min: int = 150
-    election_timeout_max: int = 300
-    heartbeat_interval: int = 50
-    # Small batches and windows, so that a few dozen entries already exercise batching,
-    # pipelining and probing (the production defaults need hundreds).
-    max_entries_per_message: int = 1
-    max_inflight_messages: int = 2
-    # Snapshot the applied state often, so restoring from a snapshot (every cold load after
-    # a crash or on a second instance) is exercised within short schedules.
-    snapshot_every: int = 8
-    client_timeout: int = 200
-    target: str = PRODUCTION
-
-    def config(self) -> Config:
-        return Config(
-            election_timeout_min=self.election_timeout_min,
-            election_timeout_max=self.election_timeout_max,
-            heartbeat_interval=self.heartbeat_interval,
-            max_entries_per_message=self.max_entries_per_message,
-            max_inflight_messages=self.max_inflight_messages,
-        )
-
-    def server_ids(self) -> tuple[str, ...]:
-        return tuple(f"s{i}" for i in range(1, self.servers + 1))
-
-    def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-    @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> SimSetup:
-        return cls(**doc)
-
-
-@dataclass(frozen=True)
-class ScheduleSpec:
-    """What one schedule was drawn with (everything else is in its recorded choices)."""
-
-    index: int
-    seed: int
-    strategy: str
-    plan: FaultPlan
-    node_seed: int
-    fair_suffix: bool
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "index": self.index,
-            "seed": self.seed,
-            "strategy": self.strategy,
-            "plan": self.plan.to_json(),
-            "node_seed": self.node_seed,
-            "fair_suffix": self.fair_suffix,
-        }
-
-    @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> ScheduleSpec:
-        return cls(**{**doc, "plan": FaultPlan.from_json(doc["plan"])})
-
-
-@dataclass
-class Outcome:
-    violation: Violation | None
-    steps: int
-    coverage: Coverage
-    choices: list[list[int]] | None = None
-    trace: list[dict[str, Any]] | None = None
-    history: list[Operation] = field(default_factory=list)
 
 
 class Simulator:
@@ -154,7 +69,6 @@ class Simulator:
         self.spec = spec
         self.choices = choices
         self.recorder = choices if isinstance(choices, Recorder) else None
-        self.set_plan(spec.plan)
         self.servers = setup.server_ids()
         self.server_set = frozenset(self.servers)
         self.quorum = len(self.servers) // 2 + 1
@@ -177,7 +91,9 @@ class Simulator:
         self._outbox_lost = False
         self._saved = False
         self._fault = 0
-        self._delay = 0
+        # Virtual ms by which messages published during this step are delayed.
+        self.delay = 0
+        self.injector = FaultInjector(self, spec.plan)
         options = NodeOptions(
             config=self.config,
             seed=spec.node_seed,
@@ -233,9 +149,7 @@ class Simulator:
         self.linearizability = Linearizability()
         self.liveness = Liveness(setup.liveness_steps)
         self.tracing = tracing
-        self.trace: list[dict[str, Any]] = []
-        self._notes: list[str] = []
-        self._event: dict[str, Any] = {}
+        self.tracer = Tracer(tracing)
 
     # ----------------------------------------------------------------- running
 
@@ -259,36 +173,12 @@ class Simulator:
             self.step_no,
             self.coverage,
             recorded,
-            self.trace if self.tracing else None,
+            self.tracer.steps if self.tracing else None,
             self.history,
         )
 
     def set_plan(self, plan: FaultPlan) -> None:
-        self.plan = plan
-        # One draw per step picks at most one fault (FAULTS order); rates of faults that
-        # cannot happen in the current shape are zeroed, and the tuples are cached by shape.
-        self._rates: dict[tuple[bool, bool, bool], tuple[float, ...]] = {}
-        self._any_fault = any(plan.to_json().values())
-
-    def _fault_rates(self) -> tuple[float, ...]:
-        shape = (len(self.down) < self.max_down, bool(self.down), bool(self.network.blocked))
-        rates = self._rates.get(shape)
-        if rates is None:
-            can_crash, some_down, blocked = shape
-            p = self.plan
-            rates = self._rates[shape] = (
-                p.crash if can_crash else 0.0,
-                p.restart if some_down else 0.0,
-                0.0 if blocked else p.partition,
-                p.heal if blocked else 0.0,
-                p.skew,
-                p.drop,
-                p.duplicate,
-                p.delay,
-                p.race,
-                p.crash_after_save if can_crash else 0.0,
-            )
-        return rates
+        self.injector.set_plan(plan)
 
     def stop_faults(self) -> None:
         """Faults stop: heal, restart everyone, and schedule fairly from now on."""
@@ -307,8 +197,8 @@ class Simulator:
         self.step_no += 1
         choices = self.choices
         choices.next_step()
-        self._delay = 0
-        self._fault = self._draw_fault() if self._any_fault else 0
+        self.delay = 0
+        self._fault = self.injector.draw() if self.injector.active else 0
         items, earliest, due = self._enabled()
         item = items[choices.event(items, earliest, due, self.step_no)]
         if item.time > self.now:
@@ -319,13 +209,16 @@ class Simulator:
                 self.coverage.faults[Fault.REORDER] += 1
             self._deliver(item)
         elif item.kind == TICK:
-            self._record_event({"type": "tick", "server": item.target})
+            if self.tracing:
+                self.tracer.event({"type": "tick", "server": item.target})
             self.coverage.received[(self.role_of(item.target), "tick")] += 1
             self._run_server(item.target, None)
         else:
             self._client_timer(self.client_by_id[item.target])
         if self.tracing:
-            self._finish_trace_step()
+            self.tracer.finish_step(
+                self.step_no, self.now, self.network.partition_name, self._server_rows
+            )
 
     def _enabled(self) -> tuple[list[Pending], int, int]:
         """Due events, then the next future one; the index of the oldest due event; and how
@@ -373,7 +266,7 @@ class Simulator:
         if fault == DROP:
             self.coverage.faults[Fault.DROP] += 1
             if self.tracing:
-                self._record_event(self._message_event("drop", item))
+                self.tracer.message("drop", item)
             return
         if fault == DUPLICATE:
             self.coverage.faults[Fault.DUPLICATE] += 1
@@ -382,9 +275,9 @@ class Simulator:
             copy.sent_step = item.sent_step
             copy.code = item.code
             self.network.inflight.append(copy)
-            self._note("duplicated")
+            self.tracer.note("duplicated")
         if self.tracing:
-            self._record_event(self._message_event("deliver", item))
+            self.tracer.message("deliver", item)
         client = self.client_by_id.get(item.target)
         if client is not None:
             self._client_response(client, envelope)
@@ -399,7 +292,7 @@ class Simulator:
         crash = fault == CRASH_AFTER_SAVE
         if instance:
             self.coverage.faults[Fault.RACE] += 1
-            self._note("second instance")
+            self.tracer.note("second instance")
         handler = self.handlers[server][instance]
         self._outbox_lost = crash
         self._saved = False
@@ -418,7 +311,7 @@ class Simulator:
             timer.time = max(timer.time, self.now + TIMER_PERIOD)
         if crash:
             self.coverage.faults[Fault.CRASH_AFTER_SAVE] += 1
-            self._note(f"crash of {server} after its save: outbox lost")
+            self.tracer.note(f"crash of {server} after its save: outbox lost")
             self.crash(server)
 
     def code(self, kind: int, target: str, sender: str = "", message: type | None = None) -> int:
@@ -452,11 +345,10 @@ class Simulator:
             self.history.append(op)
             self.linearizability.on_invoke(op)
             self.pending_ops += 1
-            self._record_event({"type": "invoke", "client": client.id, "op": op.describe()})
-        elif retry:
-            self._record_event({"type": "retry", "client": client.id})
-        else:
-            self._record_event({"type": "idle", "client": client.id})
+            if self.tracing:
+                self.tracer.event({"type": "invoke", "client": client.id, "op": op.describe()})
+        elif self.tracing:
+            self.tracer.event({"type": "retry" if retry else "idle", "client": client.id})
 
     def _client_response(self, client: SimClient, envelope: Envelope) -> None:
         m = envelope.message
@@ -502,7 +394,7 @@ class Simulator:
 
     def _enqueue(self, envelope: Envelope) -> None:
         to = envelope.to
-        time = self.now + self._delay
+        time = self.now + self.delay
         self.seq += 1
         key = (to, envelope.sender, type(envelope.message))
         code = self._codes.get(key)
@@ -514,44 +406,7 @@ class Simulator:
         else:
             self.network.inflight.append(item)
 
-    # ----------------------------------------------------------------- faults
-
-    def _draw_fault(self) -> int:
-        """Draw this step's fault. Faults of the cluster's shape happen now; those of the
-        step's event (drop, duplicate, delay, race, crash after save) apply to the event
-        chosen next, if it is of the right kind."""
-        fault = self.choices.fault(self._fault_rates())
-        if fault == CRASH:
-            live = [s for s in self.servers if s not in self.down]
-            self.coverage.faults[Fault.CRASH] += 1
-            self.crash(self._pick_server(live))
-        elif fault == RESTART:
-            down = sorted(self.down)
-            self.restart(down[self.choices.below(len(down))])
-        elif fault == PARTITION:
-            shape = self.choices.below(3)
-            rotation = self.servers.index(self._pick_server(list(self.servers)))
-            self.partition(*partition_pairs(self.servers, shape, rotation))
-        elif fault == HEAL:
-            self.heal()
-        elif fault == SKEW:
-            server = self.servers[self.choices.below(len(self.servers))]
-            self.set_skew(server, SKEWS[self.choices.below(len(SKEWS))])
-        elif fault == DELAY:
-            # Everything published this step arrives late.
-            self._delay = 25 * (1 + self.choices.below(16))
-            self.coverage.faults[Fault.DELAY] += 1
-            self._note(f"messages sent now are delayed {self._delay} ms")
-        return fault
-
-    def _pick_server(self, candidates: list[str]) -> str:
-        """A server to crash or cut off, a leader half the time: leader changes are where
-        Raft's subtle cases are (Jepsen's nemeses target the primary for the same reason)."""
-        leaders = [s for s in candidates if self.role_of(s) == "leader"]
-        others = [s for s in candidates if s not in leaders]
-        ordered = leaders + others
-        k = self.choices.below(2 * len(ordered))
-        return ordered[k] if k < len(ordered) else ordered[0]
+    # ----------------------------------------------------------------- the cluster's shape
 
     def crash(self, server: str) -> None:
         """The server's instances die: caches and unsent messages are gone, the store is not."""
@@ -561,7 +416,7 @@ class Simulator:
         self.timers.pop(server, None)
         self._rebuild_timers()
         self.network.park(server)
-        self._note(f"crash {server}")
+        self.tracer.note(f"crash {server}")
 
     def restart(self, server: str) -> None:
         self.coverage.faults[Fault.RESTART] += 1
@@ -575,7 +430,7 @@ class Simulator:
         state = self.views[server].state
         if state:
             self._rearm(server, state)
-        self._note(f"restart {server}")
+        self.tracer.note(f"restart {server}")
 
     def set_skew(self, server: str, offset: int) -> None:
         self.coverage.faults[Fault.SKEW] += 1
@@ -583,31 +438,25 @@ class Simulator:
         state = self.views[server].state
         if state and server in self.timers:
             self._rearm(server, state)
-        self._note(f"clock of {server} now {offset:+d} ms")
+        self.tracer.note(f"clock of {server} now {offset:+d} ms")
 
     def partition(self, name: str, pairs: set[tuple[str, str]]) -> None:
         self.coverage.faults[Fault.PARTITION] += 1
         self.network.partition(name, pairs)
-        self._note(f"partition {name}")
+        self.tracer.note(f"partition {name}")
 
     def heal(self) -> None:
         self.coverage.faults[Fault.HEAL] += 1
         self.network.heal()
-        self._note("heal")
+        self.tracer.note("heal")
 
     # ----------------------------------------------------------------- observing
 
-    def _on_save(
-        self,
-        server: str,
-        before: dict[str, Any] | None,
-        change: Change,
-        old_length: int,
-        view: PersistedView,
-    ) -> None:
+    def _on_save(self, event: SaveEvent) -> None:
+        server, before, change = event.server, event.before, event.change
         state = change.state
         self._saved = True
-        self.digests.update(server, change, view)
+        self.digests.update(server, change, event.view)
         if self.violation is None:
             log_changed = change.log_from is not None
             watching = self._watching
@@ -622,7 +471,7 @@ class Simulator:
             ):
                 due = due + watching["commit"]
             for monitor in due:
-                problem = monitor.on_save(server, before, change, old_length, view)
+                problem = monitor.on_save(event)
                 if problem:
                     self.violate(monitor.name, problem)
                     break
@@ -650,7 +499,7 @@ class Simulator:
     def violate(self, prop: str, message: str) -> None:
         if self.violation is None:
             self.violation = Violation(prop, message, self.step_no)
-            self._note(f"VIOLATION {prop}: {message}")
+            self.tracer.note(f"VIOLATION {prop}: {message}")
 
     def role_of(self, server: str) -> str:
         role: str = self.views[server].state.get("role", "follower")
@@ -661,48 +510,14 @@ class Simulator:
             self.views[s].state.get("role") == "leader" for s in self.servers if s not in self.down
         )
 
-    # ----------------------------------------------------------------- tracing
-
-    def _note(self, text: str) -> None:
-        if self.tracing:
-            self._notes.append(text)
-
-    def _message_event(self, kind: str, item: Pending) -> dict[str, Any]:
-        if not self.tracing:
-            return {}
-        envelope = item.envelope
-        assert envelope is not None
-        return {
-            "type": kind,
-            "kind": KIND_OF[type(envelope.message)],
-            "from": envelope.sender,
-            "to": envelope.to,
-            "sent": item.sent_step,
-            "body": to_json_value(envelope.message),
-        }
-
-    def _record_event(self, event: dict[str, Any]) -> None:
-        if self.tracing:
-            self._event = event
-
-    def _finish_trace_step(self) -> None:
-        servers = {}
+    def _server_rows(self) -> dict[str, list[Any]]:
+        rows = {}
         for s in self.servers:
             state = self.views[s].state
-            servers[s] = [
+            rows[s] = [
                 "down" if s in self.down else state.get("role", "follower"),
                 state.get("current_term", 0),
                 state.get("commit_index", 0),
                 len(self.views[s].log),
             ]
-        self.trace.append(
-            {
-                "step": self.step_no,
-                "now": self.now,
-                "event": self._event,
-                "notes": self._notes,
-                "partition": self.network.partition_name,
-                "servers": servers,
-            }
-        )
-        self._notes = []
+        return rows

@@ -23,8 +23,22 @@ class PersistedView:
     log: list[Entry] = field(default_factory=list)
 
 
-# (server id, state before the save or None, the change, how long the log was, the view after)
-SaveListener = Callable[[str, "dict[str, Any] | None", Change, int, PersistedView], None]
+@dataclass(frozen=True, slots=True)
+class SaveEvent:
+    """One successful save, as the monitors see it."""
+
+    server: str
+    before: dict[str, Any] | None  # the state saved before, None on the first save
+    change: Change
+    old_length: int  # how long the persisted log was before
+    view: PersistedView  # what the store holds now
+
+    @property
+    def state(self) -> dict[str, Any]:
+        return self.change.state
+
+
+SaveListener = Callable[[SaveEvent], None]
 
 
 class WatchedStore:
@@ -45,7 +59,7 @@ class WatchedStore:
         if change.log_from is not None:
             del view.log[change.log_from - 1 :]
             view.log.extend(change.entries)
-        self.listener(server_id, before, change, old_length, view)
+        self.listener(SaveEvent(server_id, before, change, old_length, view))
         return version
 
     def read_state(self, server_id: str) -> dict[str, Any] | None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from raft.sim.monitors import Violation
 from raft.sim.runner import Investigation, replay
-from raft.sim.simulator import ScheduleSpec, SimSetup
+from raft.sim.schedule import ScheduleSpec, SimSetup
 
 FORMAT = "raft-sim-trace/1"
 

@@ -1,0 +1,116 @@
+"""Each step's fault: one draw from the schedule's `FaultPlan`, with the rates of faults the
+cluster's current shape rules out set to zero (no crash past a minority, no heal without a
+partition).
+
+Faults of the cluster's shape (crash, restart, partition, heal, clock jump) are carried out
+on the simulator at once; the others (drop, duplicate, delay, racing instance, crash after
+the save) are returned, and apply to the event the strategy chooses next.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from raft.sim.coverage import Coverage
+from raft.sim.faults import Fault, FaultPlan
+from raft.sim.network import Network, partition_pairs
+from raft.sim.strategies import Choices
+from raft.sim.tracer import Tracer
+
+# The draw's outcomes (0: none), in the order of `FaultInjector.rates`.
+CRASH, RESTART, PARTITION, HEAL, SKEW, DROP, DUPLICATE, DELAY, RACE, CRASH_AFTER_SAVE = range(1, 11)
+# A clock jump sets a server's offset from virtual time to one of these (ms). Raft's safety
+# must not depend on clocks; skew makes timeouts fire early or late, as Coyote's
+# nondeterministic timers do.
+SKEWS = (-300, -200, -100, -50, 0, 50, 100, 200, 300)
+
+
+class Cluster(Protocol):
+    """What the injector needs of the simulator."""
+
+    servers: tuple[str, ...]
+    down: set[str]
+    max_down: int
+    network: Network
+    choices: Choices
+    coverage: Coverage
+    tracer: Tracer
+    delay: int
+
+    def crash(self, server: str) -> None: ...
+    def restart(self, server: str) -> None: ...
+    def partition(self, name: str, pairs: set[tuple[str, str]]) -> None: ...
+    def heal(self) -> None: ...
+    def set_skew(self, server: str, offset: int) -> None: ...
+    def role_of(self, server: str) -> str: ...
+
+
+class FaultInjector:
+    def __init__(self, sim: Cluster, plan: FaultPlan) -> None:
+        self.sim = sim
+        self.set_plan(plan)
+
+    def set_plan(self, plan: FaultPlan) -> None:
+        self.plan = plan
+        # Rates cached by the cluster's shape: (can crash, some down, partitioned).
+        self._rates: dict[tuple[bool, bool, bool], tuple[float, ...]] = {}
+        self.active = any(plan.to_json().values())
+
+    def rates(self) -> tuple[float, ...]:
+        sim = self.sim
+        shape = (len(sim.down) < sim.max_down, bool(sim.down), bool(sim.network.blocked))
+        rates = self._rates.get(shape)
+        if rates is None:
+            can_crash, some_down, blocked = shape
+            p = self.plan
+            rates = self._rates[shape] = (
+                p.crash if can_crash else 0.0,
+                p.restart if some_down else 0.0,
+                0.0 if blocked else p.partition,
+                p.heal if blocked else 0.0,
+                p.skew,
+                p.drop,
+                p.duplicate,
+                p.delay,
+                p.race,
+                p.crash_after_save if can_crash else 0.0,
+            )
+        return rates
+
+    def draw(self) -> int:
+        """This step's fault; cluster-shape faults are carried out now."""
+        sim = self.sim
+        choices = sim.choices
+        fault = choices.fault(self.rates())
+        if fault == CRASH:
+            live = [s for s in sim.servers if s not in sim.down]
+            sim.coverage.faults[Fault.CRASH] += 1
+            sim.crash(self._pick_server(live))
+        elif fault == RESTART:
+            down = sorted(sim.down)
+            sim.restart(down[choices.below(len(down))])
+        elif fault == PARTITION:
+            shape = choices.below(3)
+            rotation = sim.servers.index(self._pick_server(list(sim.servers)))
+            sim.partition(*partition_pairs(sim.servers, shape, rotation))
+        elif fault == HEAL:
+            sim.heal()
+        elif fault == SKEW:
+            server = sim.servers[choices.below(len(sim.servers))]
+            sim.set_skew(server, SKEWS[choices.below(len(SKEWS))])
+        elif fault == DELAY:
+            # Everything published this step arrives late.
+            sim.delay = 25 * (1 + choices.below(16))
+            sim.coverage.faults[Fault.DELAY] += 1
+            sim.tracer.note(f"messages sent now are delayed {sim.delay} ms")
+        return fault
+
+    def _pick_server(self, candidates: list[str]) -> str:
+        """A server to crash or cut off, a leader half the time: leader changes are where
+        Raft's subtle cases are (Jepsen's nemeses target the primary for the same reason)."""
+        sim = self.sim
+        leaders = [s for s in candidates if sim.role_of(s) == "leader"]
+        others = [s for s in candidates if s not in leaders]
+        ordered = leaders + others
+        k = sim.choices.below(2 * len(ordered))
+        return ordered[k] if k < len(ordered) else ordered[0]
