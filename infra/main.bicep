@@ -42,7 +42,7 @@ param messageTtlSeconds int = 120
 @maxValue(1000)
 param maximumInstanceCount int = 40
 
-@description('Memory of each Function App instance, in MB; 512 cuts the GB-s bill by 4x (README, "What it costs per month").')
+@description('Memory of each Function App instance, in MB; 512 cuts the GB-s bill by 4x (docs/deploy.md, "What it costs per month").')
 @allowed([
   512
   2048

@@ -1,2 +1,2 @@
 """The replicated application: the commands the log carries and the state machine that applies
-them (DESIGN.md layer 2)."""
+them."""

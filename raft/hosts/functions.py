@@ -31,7 +31,7 @@ log = logging.getLogger("raft.functions")
 
 def node_options(settings: AppSettings) -> NodeOptions:
     """Timeouts for a cluster whose clock is a once-a-second timer and whose messages take a
-    Service Bus hop: the election timeout spans several timer periods (DESIGN.md)."""
+    Service Bus hop: the election timeout spans several timer periods."""
     return NodeOptions(
         config=Config(
             election_timeout_min=settings.election_timeout_ms,

@@ -33,7 +33,7 @@ DEFAULTS: dict[str, str] = {
     TABLE: "raftstate",
     # NCRONTAB with seconds: every second.
     TIMER_SCHEDULE: "*/1 * * * * *",
-    # Several timer periods plus a bus hop (DESIGN.md): the timer fires at most once a second.
+    # Several timer periods plus a bus hop: the timer fires at most once a second.
     ELECTION_TIMEOUT_MS: "6000",
     HEARTBEAT_MS: "1000",
     HTTP_WAIT_S: "20",

@@ -1,1 +1,1 @@
-"""The host-neutral unit of work every host calls (DESIGN.md layer 5)."""
+"""The host-neutral unit of work every host calls."""

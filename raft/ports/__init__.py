@@ -1,1 +1,1 @@
-"""The ports the node handler talks through (DESIGN.md layer 3)."""
+"""The ports the node handler talks through."""

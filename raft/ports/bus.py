@@ -1,4 +1,4 @@
-"""The bus port: publish addressed messages (DESIGN.md layer 3).
+"""The bus port: publish addressed messages.
 
 Delivery is at-least-once and unordered in general: a message may be lost, duplicated,
 delayed or reordered, and the core tolerates all of it.
