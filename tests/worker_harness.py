@@ -58,13 +58,13 @@ ROOT = Path(__file__).resolve().parent.parent
 #
 # The worker library takes the host protocol's message classes from its caller (`protos`):
 # the platform's proxy worker generates them from the protocol's FunctionRpc.proto. These are
-# the messages and fields that the code paths above touch, with the protocol's own names and
-# field numbers, built with protobuf at run time.
+# the messages and fields that the code paths above read or write, with the protocol's own
+# names and field numbers, built with protobuf at run time. Retry options and cookies are
+# empty: the app declares no retry policy and sets no cookies.
 
 PACKAGE = "AzureFunctionsRpcMessages"
 SCHEMA = """
 message StreamingMessage {
-  string request_id = 1;
   oneof content {
     InvocationRequest invocation_request = 4;
     FunctionLoadRequest function_load_request = 8;
@@ -72,13 +72,10 @@ message StreamingMessage {
   }
 }
 message WorkerInitRequest {
-  string host_version = 1;
   map<string, string> capabilities = 2;
-  string worker_directory = 4;
   string function_app_directory = 5;
 }
 message WorkerInitResponse {
-  string worker_version = 1;
   map<string, string> capabilities = 2;
   StatusResult result = 3;
   WorkerMetadata worker_metadata = 4;
@@ -93,11 +90,9 @@ message WorkerMetadata {
 message StatusResult {
   enum Status { Failure = 0; Success = 1; Cancelled = 2; }
   Status status = 4;
-  string result = 1;
   RpcException exception = 2;
 }
 message RpcException {
-  string source = 3;
   string stack_trace = 1;
   string message = 2;
 }
@@ -120,9 +115,7 @@ message RpcFunctionMetadata {
   RpcRetryOptions retry_options = 15;
   map<string, string> properties = 16;
 }
-message RpcRetryOptions {
-  int32 max_retry_count = 2;
-}
+message RpcRetryOptions {}
 message BindingInfo {
   enum Direction { in = 0; out = 1; inout = 2; }
   enum DataType { undefined = 0; string = 1; binary = 2; stream = 3; }
@@ -173,19 +166,16 @@ message TypedData {
     string string = 1;
     string json = 2;
     bytes bytes = 3;
-    bytes stream = 4;
     RpcHttp http = 5;
     sint64 int = 6;
     double double = 7;
     CollectionBytes collection_bytes = 8;
     CollectionString collection_string = 9;
-    CollectionDouble collection_double = 10;
     CollectionSInt64 collection_sint64 = 11;
   }
 }
 message CollectionString { repeated string string = 1; }
 message CollectionBytes { repeated bytes bytes = 1; }
-message CollectionDouble { repeated double double = 1; }
 message CollectionSInt64 { repeated sint64 sint64 = 1; }
 message RpcHttp {
   string method = 1;
@@ -198,13 +188,19 @@ message RpcHttp {
   bool enable_content_negotiation = 16;
   repeated RpcHttpCookie cookies = 19;
 }
-message RpcHttpCookie {
-  string name = 1;
-  string value = 2;
-}
+message RpcHttpCookie {}
 """
 
 TOKEN = re.compile(r"[A-Za-z_]\w*|\d+|[{}=;<>,]")
+FIELD = descriptor_pb2.FieldDescriptorProto
+SCALARS = {
+    "string": FIELD.TYPE_STRING,
+    "bytes": FIELD.TYPE_BYTES,
+    "bool": FIELD.TYPE_BOOL,
+    "int32": FIELD.TYPE_INT32,
+    "sint64": FIELD.TYPE_SINT64,
+    "double": FIELD.TYPE_DOUBLE,
+}
 
 
 def build_protocol(schema: str) -> SimpleNamespace:
@@ -293,32 +289,19 @@ def _map_entry(tokens: deque[str], message: Any) -> str:
     return f"{message.name}.{entry.name}"
 
 
-FIELD = descriptor_pb2.FieldDescriptorProto
-SCALARS = {
-    "string": FIELD.TYPE_STRING,
-    "bytes": FIELD.TYPE_BYTES,
-    "bool": FIELD.TYPE_BOOL,
-    "int32": FIELD.TYPE_INT32,
-    "sint64": FIELD.TYPE_SINT64,
-    "double": FIELD.TYPE_DOUBLE,
-}
-
-
 def _resolve_types(file: Any) -> None:
-    enums = {f"{m.name}.{e.name}" for m in file.message_type for e in m.enum_type}
+    """Each field's written type name as a scalar, one of its message's enums, or a message."""
     for message in file.message_type:
-        for scope, fields in [(message, message.field)] + [
-            (message, n.field) for n in message.nested_type
-        ]:
-            for f in fields:
-                name = f.type_name
-                if name in SCALARS:
-                    f.ClearField("type_name")
-                    f.type = SCALARS[name]
-                elif f"{scope.name}.{name}" in enums:
-                    f.type, f.type_name = FIELD.TYPE_ENUM, f".{PACKAGE}.{scope.name}.{name}"
-                else:
-                    f.type, f.type_name = FIELD.TYPE_MESSAGE, f".{PACKAGE}.{name}"
+        enums = {e.name for e in message.enum_type}
+        for f in [*message.field, *(f for entry in message.nested_type for f in entry.field)]:
+            name = f.type_name
+            if name in SCALARS:
+                f.ClearField("type_name")
+                f.type = SCALARS[name]
+            elif name in enums:
+                f.type, f.type_name = FIELD.TYPE_ENUM, f".{PACKAGE}.{message.name}.{name}"
+            else:
+                f.type, f.type_name = FIELD.TYPE_MESSAGE, f".{PACKAGE}.{name}"
 
 
 # ------------------------------------------------------------------ driving the worker
@@ -345,9 +328,7 @@ def failure(protos: SimpleNamespace, result: Any) -> str | None:
 
 async def init_worker(protos: SimpleNamespace, app_dir: Path) -> dict[str, Any]:
     message = protos.StreamingMessage(
-        worker_init_request=protos.WorkerInitRequest(
-            host_version="4", function_app_directory=str(app_dir)
-        )
+        worker_init_request=protos.WorkerInitRequest(function_app_directory=str(app_dir))
     )
     worker.start_threadpool_executor()
     response = await worker.worker_init_request(
@@ -495,7 +476,7 @@ def service_bus_batch_as_json(
 ) -> tuple[Any, dict[str, Any]]:
     """The same batch with the bodies as one JSON array of strings: the `json` shape a batch
     binding can take when the trigger declares no dataType."""
-    data, metadata = service_bus_batch(protos, deliveries)
+    _, metadata = service_bus_batch(protos, deliveries)
     texts = [d.body.decode("utf-8") for d in deliveries]
     return typed(protos, json=json.dumps(texts)), metadata
 
@@ -759,11 +740,11 @@ async def without_data_type(cluster: Cluster) -> dict[str, Any]:
 # ------------------------------------------------------------------ the report
 
 
+PACKAGES = ("azure-functions-runtime", "azure-functions", "protobuf")
+
+
 def versions() -> dict[str, str]:
-    return {
-        "python": sys.version.split()[0],
-        **{name: version(name) for name in ("azure-functions-runtime", "azure-functions", "protobuf")},
-    }
+    return {"python": sys.version.split()[0], **{name: version(name) for name in PACKAGES}}
 
 
 async def report(app_dir: Path, index_only: bool) -> dict[str, Any]:
