@@ -7,6 +7,8 @@ settings (raft/hosts/settings.py), so a 3-, 5- or 7-server cluster needs no code
 
 from __future__ import annotations
 
+import typing
+
 import azure.functions as func
 
 from raft.hosts import settings as names
@@ -25,8 +27,11 @@ def register_server(server_id: str) -> None:
         subscription_name=server_id,
         connection=names.SERVICE_BUS_CONNECTION,
         cardinality=func.Cardinality.MANY,
+        # Bodies arrive as raw bytes (collection_bytes); the json shape re-encodes each body.
+        data_type=func.DataType.BINARY,
     )
-    def on_messages(messages: list[func.ServiceBusMessage]) -> None:
+    # The Python worker refuses a PEP 585 list[...] annotation ("invalid non-type annotation").
+    def on_messages(messages: typing.List[func.ServiceBusMessage]) -> None:  # noqa: UP006
         host().on_messages(server_id, messages)
 
 

@@ -47,6 +47,8 @@ def test_every_server_has_a_trigger_on_its_own_subscription(
         assert trigger["topicName"] == f"%{names.TOPIC}%"
         assert trigger["connection"] == names.SERVICE_BUS_CONNECTION
         assert trigger["cardinality"] == "MANY"
+        # A batch then arrives as raw bytes per message (tests/test_worker_runtime.py).
+        assert trigger["dataType"] == "BINARY"
 
 
 def test_timer_reads_its_schedule_from_app_settings(monkeypatch: pytest.MonkeyPatch) -> None:
