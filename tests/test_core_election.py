@@ -3,6 +3,8 @@ Ongaro's thesis (§9.6, §6.2, §4.2.3)."""
 
 from __future__ import annotations
 
+import pytest
+
 from raft.core.messages import (
     AppendEntries,
     ClientRequest,
@@ -10,7 +12,7 @@ from raft.core.messages import (
     RequestVote,
     RequestVoteResponse,
 )
-from raft.core.state import Role
+from raft.core.state import Config, Role
 from tests.helpers import (
     CONFIG,
     SERVERS,
@@ -172,30 +174,59 @@ def test_leader_with_a_quorum_of_responses_stays_leader() -> None:
     assert s.state.role is Role.LEADER
 
 
-def test_leader_sends_one_heartbeat_per_period_to_each_follower_it_has_not_sent_to() -> None:
+def test_leader_heartbeats_each_follower_a_heartbeat_interval_after_its_last_message() -> None:
     s = server(term=1)
     make_leader(s, now=1000)
     hb = CONFIG.heartbeat_interval
-    # The new leader's first AppendEntries went out in this period: they were the heartbeat.
+    s.tick(1000 + hb - 1)
+    assert not sent(s), "the election's own AppendEntries went out at 1000"
     s.tick(1000 + hb)
-    assert not sent(s)
-    s.tick(1000 + 2 * hb)
     beats = [e for e in sent(s) if isinstance(e.message, AppendEntries)]
     assert sorted(e.to for e in beats) == ["s2", "s3"]
-    s.tick(1000 + 2 * hb + 1)
-    assert not sent(s), "no second heartbeat within the same period"
+    s.tick(1000 + hb + 1)
+    assert not sent(s), "no second heartbeat within the interval"
 
 
-def test_follower_that_received_entries_this_period_gets_no_extra_heartbeat() -> None:
+def test_follower_that_received_entries_recently_gets_no_extra_heartbeat() -> None:
     s = server(term=1)
     make_leader(s, now=1000)
     hb = CONFIG.heartbeat_interval
-    s.tick(1000 + hb)
-    deliver(s, "s2", ack(2, "s2", 1), now=1000 + hb)
-    s.step(Envelope("c", "s1", ClientRequest("c", 1, "{}", "c")), 1000 + hb)
+    deliver(s, "s2", ack(2, "s2", 1), now=1000 + hb // 2)
+    s.step(Envelope("c", "s1", ClientRequest("c", 1, "{}", "c")), 1000 + hb // 2)
     assert [e.to for e in sent(s) if isinstance(e.message, AppendEntries)] == ["s2"]
-    s.tick(1000 + 2 * hb)
+    s.tick(1000 + hb)
     assert [e.to for e in sent(s) if isinstance(e.message, AppendEntries)] == ["s3"]
+    s.tick(1000 + hb + hb // 2)
+    assert [e.to for e in sent(s) if isinstance(e.message, AppendEntries)] == ["s2"]
+
+
+def test_under_steady_load_no_follower_waits_more_than_a_heartbeat_interval() -> None:
+    """The gap between two messages to a follower is at most the heartbeat interval when
+    ticks come promptly, however proposals fall between heartbeats (a suppressed heartbeat
+    used to let it reach almost twice the interval)."""
+    s = server(term=1)
+    make_leader(s, now=1000)
+    hb = CONFIG.heartbeat_interval
+    last = {"s2": 1000, "s3": 1000}
+    worst = 0
+    for now in range(1001, 3000):
+        if now % 37 == 0:
+            s.step(Envelope("c", "s1", ClientRequest("c", now, "{}", "c")), now)
+        s.tick(now)
+        for envelope in sent(s):
+            worst = max(worst, now - last[envelope.to])
+            last[envelope.to] = now
+            follower = envelope.to
+            m = envelope.message
+            if isinstance(m, AppendEntries):
+                match = m.prev_log_index + len(m.entries)
+                deliver(s, follower, ack(m.term, follower, match), now)
+    assert worst <= hb
+
+
+def test_config_refuses_timing_that_a_heartbeat_gap_can_exceed() -> None:
+    with pytest.raises(ValueError, match="twice heartbeat_interval"):
+        Config(election_timeout_min=150, election_timeout_max=300, heartbeat_interval=100)
 
 
 def test_single_server_cluster_elects_itself() -> None:

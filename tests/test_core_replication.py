@@ -188,7 +188,8 @@ def test_a_stale_rejection_never_moves_next_index_below_the_match_index() -> Non
     make_leader(leader)
     deliver(leader, "s2", ack(2, "s2", 1))
     deliver(leader, "s2", AppendEntriesResponse(2, "s2", False, 0, conflict_index=1))
-    assert leader.state.next_index["s2"] == 2 and leader.state.match_index["s2"] == 1
+    progress = leader.state.progress["s2"]
+    assert progress.next == 2 and progress.match == 1
 
 
 def test_follower_is_caught_up_after_a_lost_message_past_a_million_entry_term() -> None:

@@ -252,7 +252,7 @@ def test_a_larger_applied_state_is_snapshotted_less_often() -> None:
         c.submit(ClientRequest("c", seq, put(f"key-{seq}", "x" * 40), "c"))
         stored = c.store.load(leader)
         if stored is not None and stored.snapshot:
-            applied = json.loads(stored.snapshot)["last_applied"]
+            applied = stored.snapshot.index
             if not indexes or indexes[-1] != applied:
                 indexes.append(applied)
     first, second = indexes[:2]

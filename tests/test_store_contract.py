@@ -20,9 +20,11 @@ from azure.data.tables import TableServiceClient
 
 from raft.adapters.connections import resolve
 from raft.adapters.memory_store import InMemoryStore
-from raft.adapters.table_rows import result_key
+from raft.adapters.table_plan import GC_PER_SAVE
+from raft.adapters.table_rows import log_key, result_key
 from raft.adapters.table_store import TableStore
 from raft.core.messages import Entry
+from raft.core.state import Snapshot, SnapshotChunk
 from raft.ports.store import (
     Change,
     ClientResult,
@@ -135,6 +137,10 @@ def make_state(**fields: Any) -> dict[str, Any]:
     return state
 
 
+def snap(data: str) -> Snapshot:
+    return Snapshot(0, 0, data, (SERVER, "server-2"))
+
+
 def contents(stored: StoredServer | None) -> tuple[Any, ...] | None:
     return None if stored is None else (stored.state, stored.log, stored.snapshot)
 
@@ -185,8 +191,7 @@ def test_stale_version_conflicts_and_changes_nothing(backend: Backend) -> None:
                 make_state(current_term=7),
                 log_from=1,
                 entries=make_entries(5, tag="stale"),
-                stored_last_index=2,
-                snapshot="stale snapshot",
+                snapshot=snap("stale snapshot"),
                 results=(ClientResult("c-stale", 1, "stale", 1, 7),),
             ),
         )
@@ -208,32 +213,28 @@ def _apply_script(store: Any, script: list[Change]) -> list[tuple[Any, ...] | No
 def _script() -> list[Change]:
     """Appends, a truncation with replacement, a pure truncation, and state-only changes."""
     return [
-        Change(make_state(), log_from=1, entries=make_entries(5), stored_last_index=0),
+        Change(make_state(), log_from=1, entries=make_entries(5)),
         Change(
             make_state(commit_index=3),
             log_from=6,
             entries=make_entries(3, start=6),
-            stored_last_index=5,
         ),
         Change(
             make_state(current_term=2),
             log_from=4,
             entries=make_entries(2, start=4, term=2, tag="t2-"),
-            stored_last_index=8,
         ),
-        Change(make_state(current_term=3), log_from=3, entries=(), stored_last_index=5),
-        Change(make_state(current_term=3, voted_for="server-2"), stored_last_index=2),
+        Change(make_state(current_term=3), log_from=3, entries=()),
+        Change(make_state(current_term=3, voted_for="server-2")),
         Change(
             make_state(current_term=3),
             log_from=3,
             entries=make_entries(4, start=3, term=3, tag="t3-"),
-            stored_last_index=2,
         ),
         Change(
             make_state(current_term=4),
             log_from=1,
             entries=make_entries(2, term=4, tag="t4-"),
-            stored_last_index=6,
         ),
     ]
 
@@ -252,15 +253,17 @@ def test_truncation_and_append_match_the_in_memory_store(backend: Backend) -> No
 def test_snapshot_is_kept_until_a_later_change_replaces_it(backend: Backend) -> None:
     store = backend.new_instance()
     v = store.save(
-        SERVER, None, Change(make_state(), log_from=1, entries=make_entries(2), snapshot="snap-1")
+        SERVER,
+        None,
+        Change(make_state(), log_from=1, entries=make_entries(2), snapshot=snap("snap-1")),
     )
     v = store.save(
         SERVER, v, Change(make_state(commit_index=1), log_from=3, entries=make_entries(1, start=3))
     )
-    assert backend.new_instance().load(SERVER).snapshot == "snap-1"  # type: ignore[union-attr]
-    store.save(SERVER, v, Change(make_state(commit_index=2), snapshot="snap-2"))
-    assert store.load(SERVER).snapshot == "snap-2"  # type: ignore[union-attr]
-    assert backend.new_instance().load(SERVER).snapshot == "snap-2"  # type: ignore[union-attr]
+    assert backend.new_instance().load(SERVER).snapshot == snap("snap-1")  # type: ignore[union-attr]
+    store.save(SERVER, v, Change(make_state(commit_index=2), snapshot=snap("snap-2")))
+    assert store.load(SERVER).snapshot == snap("snap-2")  # type: ignore[union-attr]
+    assert backend.new_instance().load(SERVER).snapshot == snap("snap-2")  # type: ignore[union-attr]
 
 
 def test_large_unicode_snapshot_round_trips(backend: Backend) -> None:
@@ -268,12 +271,12 @@ def test_large_unicode_snapshot_round_trips(backend: Backend) -> None:
     # characters take two UTF-16 units and must not be cut in half.
     snapshot = ("kv:é€𝄞" * 90_000) + "end"
     store = backend.new_instance()
-    v = store.save(SERVER, None, Change(make_state(), snapshot=snapshot))
-    assert backend.new_instance().load(SERVER).snapshot == snapshot  # type: ignore[union-attr]
-    v = store.save(SERVER, v, Change(make_state(), snapshot="small"))
-    assert backend.new_instance().load(SERVER).snapshot == "small"  # type: ignore[union-attr]
-    store.save(SERVER, v, Change(make_state(), snapshot=""))
-    assert backend.new_instance().load(SERVER).snapshot == ""  # type: ignore[union-attr]
+    v = store.save(SERVER, None, Change(make_state(), snapshot=snap(snapshot)))
+    assert backend.new_instance().load(SERVER).snapshot == snap(snapshot)  # type: ignore[union-attr]
+    v = store.save(SERVER, v, Change(make_state(), snapshot=snap("small")))
+    assert backend.new_instance().load(SERVER).snapshot == snap("small")  # type: ignore[union-attr]
+    store.save(SERVER, v, Change(make_state(), snapshot=snap("")))
+    assert backend.new_instance().load(SERVER).snapshot == snap("")  # type: ignore[union-attr]
 
 
 AWKWARD_CLIENT_IDS = [
@@ -345,7 +348,7 @@ def test_change_of_250_entries_round_trips(backend: Backend) -> None:
     store.save(
         SERVER,
         v,
-        Change(make_state(commit_index=250), log_from=251, entries=more, stored_last_index=250),
+        Change(make_state(commit_index=250), log_from=251, entries=more),
     )
     assert backend.new_instance().load(SERVER).log == list(entries + more)  # type: ignore[union-attr]
 
@@ -358,34 +361,29 @@ def test_rewrites_of_over_100_stored_entries_match_the_in_memory_store(backend: 
             make_state(current_term=2),
             log_from=51,
             entries=make_entries(230, start=51, term=2, tag="b"),
-            stored_last_index=250,
         ),
         # A small append to the rewritten part, then a small rewrite reaching back before it.
         Change(
             make_state(current_term=2),
             log_from=281,
             entries=make_entries(2, start=281, term=2, tag="c"),
-            stored_last_index=280,
         ),
         Change(
             make_state(current_term=3),
             log_from=40,
             entries=make_entries(3, start=40, term=3, tag="d"),
-            stored_last_index=282,
         ),
         # Regrow past the earlier segments' ends, then a long truncation.
         Change(
             make_state(current_term=3),
             log_from=43,
             entries=make_entries(150, start=43, term=3, tag="e"),
-            stored_last_index=42,
         ),
-        Change(make_state(current_term=4), log_from=10, entries=(), stored_last_index=192),
+        Change(make_state(current_term=4), log_from=10, entries=()),
         Change(
             make_state(current_term=4),
             log_from=10,
             entries=make_entries(5, start=10, term=4, tag="f"),
-            stored_last_index=9,
         ),
     ]
     expected = _apply_script(InMemoryStore(), script)
@@ -416,13 +414,13 @@ def test_change_over_the_transaction_payload_limit_round_trips(backend: Backend)
 def test_cold_instance_sees_what_another_saved(backend: Backend) -> None:
     writer = backend.new_instance()
     v = writer.save(
-        SERVER, None, Change(make_state(), log_from=1, entries=make_entries(4), snapshot="s")
+        SERVER, None, Change(make_state(), log_from=1, entries=make_entries(4), snapshot=snap("s"))
     )
     writer.save(
         SERVER, v, Change(make_state(commit_index=4), log_from=5, entries=make_entries(1, start=5))
     )
     cold = backend.new_instance().load(SERVER)
-    assert contents(cold) == (make_state(commit_index=4), list(make_entries(5)), "s")
+    assert contents(cold) == (make_state(commit_index=4), list(make_entries(5)), snap("s"))
     assert cold is not None and cold.version == writer.load(SERVER).version  # type: ignore[union-attr]
 
 
@@ -439,7 +437,6 @@ def test_warm_cache_is_validated_by_version(backend: Backend) -> None:
             make_state(current_term=2),
             log_from=2,
             entries=make_entries(1, start=2, term=2, tag="b"),
-            stored_last_index=3,
         ),
     )
     again = a.load(SERVER)
@@ -460,13 +457,11 @@ def test_racing_saves_from_one_version_have_exactly_one_winner(backend: Backend,
             make_state(current_term=2, voted_for="a"),
             log_from=60,
             entries=make_entries(size, start=60, term=2, tag="a"),
-            stored_last_index=120,
         ),
         "b": Change(
             make_state(current_term=2, voted_for="b"),
             log_from=30,
             entries=make_entries(size, start=30, term=2, tag="b"),
-            stored_last_index=120,
         ),
     }
     stores = {"a": a, "b": b}
@@ -496,6 +491,61 @@ def test_racing_saves_from_one_version_have_exactly_one_winner(backend: Backend,
     assert contents(b.load(SERVER)) == contents(reference.load(SERVER))
 
 
+def test_compaction_hides_the_entries_up_to_log_start(backend: Backend) -> None:
+    store = backend.new_instance()
+    v = store.save(SERVER, None, Change(make_state(), log_from=1, entries=make_entries(10)))
+    store.save(
+        SERVER,
+        v,
+        Change(make_state(commit_index=8, log_start=6), snapshot=Snapshot(6, 1, "s6", (SERVER,))),
+    )
+    for loaded in (store.load(SERVER), backend.new_instance().load(SERVER)):
+        assert loaded is not None and loaded.log == list(make_entries(10))[6:]
+        assert loaded.snapshot == Snapshot(6, 1, "s6", (SERVER,))
+
+
+def test_a_snapshot_installed_past_the_end_of_the_log_empties_it(backend: Backend) -> None:
+    store = backend.new_instance()
+    v = store.save(SERVER, None, Change(make_state(), log_from=1, entries=make_entries(3)))
+    v = store.save(
+        SERVER, v, Change(make_state(log_start=8), snapshot=Snapshot(8, 2, "s8", (SERVER,)))
+    )
+    assert backend.new_instance().load(SERVER).log == []  # type: ignore[union-attr]
+    more = make_entries(2, start=9, term=2)
+    store.save(SERVER, v, Change(make_state(log_start=8), log_from=9, entries=more))
+    assert backend.new_instance().load(SERVER).log == list(more)  # type: ignore[union-attr]
+
+
+def test_a_change_cannot_rewrite_compacted_entries(backend: Backend) -> None:
+    store = backend.new_instance()
+    v = store.save(SERVER, None, Change(make_state(), log_from=1, entries=make_entries(5)))
+    v = store.save(SERVER, v, Change(make_state(log_start=3)))
+    with pytest.raises(ValueError):
+        store.save(SERVER, v, Change(make_state(log_start=3), log_from=2, entries=make_entries(1)))
+
+
+def test_received_snapshot_chunks_accumulate_until_the_transfer_ends(backend: Backend) -> None:
+    store = backend.new_instance()
+    receiving = make_state(incoming={"index": 9, "term": 2, "offset": 0})
+    chunk = SnapshotChunk
+    v = store.save(SERVER, None, Change(receiving, snapshot_chunks=(chunk(9, 2, 0, "ab"),)))
+    v = store.save(SERVER, v, Change(receiving, snapshot_chunks=(chunk(9, 2, 2, "cd"),)))
+    assert backend.new_instance().load(SERVER).incoming == "abcd"  # type: ignore[union-attr]
+    v = store.save(SERVER, v, Change(receiving, snapshot_chunks=(chunk(12, 2, 0, "new"),)))
+    assert backend.new_instance().load(SERVER).incoming == "new"  # type: ignore[union-attr]
+    store.save(SERVER, v, Change(make_state(incoming=None)))
+    assert backend.new_instance().load(SERVER).incoming == ""  # type: ignore[union-attr]
+
+
+def test_version_is_the_loaded_version_and_moves_with_each_save(backend: Backend) -> None:
+    store, other = backend.new_instance(), backend.new_instance()
+    assert store.version(SERVER) is None
+    v1 = store.save(SERVER, None, Change(make_state(), log_from=1, entries=make_entries(1)))
+    assert other.version(SERVER) == v1 == other.load(SERVER).version  # type: ignore[union-attr]
+    v2 = other.save(SERVER, v1, Change(make_state(current_term=2)))
+    assert v2 != v1 and store.version(SERVER) == v2
+
+
 # ------------------------------------------------------------------------------ Table Storage only
 
 
@@ -519,7 +569,7 @@ def test_warm_load_reads_only_the_state_entity(tables: Tables) -> None:
 def test_common_save_is_one_transaction(tables: Tables) -> None:
     store, client = tables.store()
     v = store.save(
-        SERVER, None, Change(make_state(), log_from=1, entries=make_entries(60), snapshot="s")
+        SERVER, None, Change(make_state(), log_from=1, entries=make_entries(60), snapshot=snap("s"))
     )
     store.save(
         SERVER,
@@ -528,8 +578,7 @@ def test_common_save_is_one_transaction(tables: Tables) -> None:
             make_state(),
             log_from=40,
             entries=make_entries(30, start=40, tag="n"),
-            stored_last_index=60,
-            snapshot="t",
+            snapshot=snap("t"),
             results=(ClientResult("c", 1, "r", 1, 1),),
         ),
     )
@@ -574,7 +623,9 @@ def test_interrupted_split_save_leaves_the_previous_state_intact(
 ) -> None:
     store, client = tables.store()
     v = store.save(
-        SERVER, None, Change(make_state(), log_from=1, entries=make_entries(150), snapshot="old")
+        SERVER,
+        None,
+        Change(make_state(), log_from=1, entries=make_entries(150), snapshot=snap("old")),
     )
     before = contents(store.load(SERVER))
     submits = client.submits
@@ -588,8 +639,7 @@ def test_interrupted_split_save_leaves_the_previous_state_intact(
         make_state(current_term=2),
         log_from=20,
         entries=make_entries(200, start=20, term=2, tag="new"),
-        stored_last_index=150,
-        snapshot="new",
+        snapshot=snap("new"),
     )
     with pytest.raises(Crash):
         store.save(SERVER, v, rewrite)
@@ -602,7 +652,9 @@ def test_interrupted_split_save_leaves_the_previous_state_intact(
     store.save(SERVER, current.version, rewrite)
     reference = InMemoryStore()
     rv = reference.save(
-        SERVER, None, Change(make_state(), log_from=1, entries=make_entries(150), snapshot="old")
+        SERVER,
+        None,
+        Change(make_state(), log_from=1, entries=make_entries(150), snapshot=snap("old")),
     )
     reference.save(SERVER, rv, rewrite)
     assert contents(tables.store()[0].load(SERVER)) == contents(reference.load(SERVER))
@@ -621,7 +673,6 @@ def test_split_save_overtaken_by_another_instance_conflicts_without_damage(
         make_state(current_term=3, voted_for="b"),
         log_from=140,
         entries=make_entries(20, start=140, term=3, tag="b"),
-        stored_last_index=150,
     )
     submits = a_client.submits
 
@@ -637,7 +688,6 @@ def test_split_save_overtaken_by_another_instance_conflicts_without_damage(
         make_state(current_term=2, voted_for="a"),
         log_from=log_from,
         entries=make_entries(250, start=log_from, term=2, tag="a"),
-        stored_last_index=150,
     )
     with pytest.raises(VersionConflict):
         a.save(SERVER, v, a_change)
@@ -657,7 +707,6 @@ def test_cold_load_never_mixes_two_versions(tables: Tables) -> None:
         make_state(current_term=2),
         log_from=5,
         entries=make_entries(8, start=5, term=2, tag="n"),
-        stored_last_index=10,
     )
 
     def save_between_rows_and_recheck(n: int) -> None:
@@ -714,3 +763,67 @@ def test_node_handlers_run_a_cluster_on_table_storage(tables: Tables) -> None:
         ClientRequest("c/1", 11, encode({"op": "get", "key": "k7"}), "c/1"), to=leader
     )
     assert read.status is ClientStatus.OK and json.loads(read.result)["value"] == 7
+
+
+def _partition_rows(tables: Tables, prefix: str) -> list[str]:
+    rows = tables.client().query_entities(f"PartitionKey eq '{SERVER}'", select=["RowKey"])
+    return sorted(r["RowKey"] for r in rows if r["RowKey"].startswith(prefix))
+
+
+def test_compacted_rows_are_deleted_a_bounded_number_per_save(tables: Tables) -> None:
+    store, client = tables.store()
+    v = store.save(SERVER, None, Change(make_state(), log_from=1, entries=make_entries(90)))
+    submits = client.submits
+    v = store.save(SERVER, v, Change(make_state(log_start=80)))
+    assert client.submits == submits + 1  # the deletes ride in the save's one transaction
+    assert len(_partition_rows(tables, "log-")) == 90 - GC_PER_SAVE
+    for _ in range(3):
+        v = store.save(SERVER, v, Change(make_state(log_start=80)))
+    assert _partition_rows(tables, "log-") == [log_key(i, 0) for i in range(81, 91)]
+
+
+def test_replaced_snapshots_and_finished_transfers_leave_no_rows(tables: Tables) -> None:
+    store, _ = tables.store()
+    big = "x" * 100_000  # several rows
+    v = store.save(SERVER, None, Change(make_state(), snapshot=Snapshot(1, 1, big, (SERVER,))))
+    v = store.save(SERVER, v, Change(make_state(), snapshot=Snapshot(2, 1, "small", (SERVER,))))
+    assert len(_partition_rows(tables, "snap-")) == 1
+    receiving = make_state(incoming={"index": 9})
+    v = store.save(SERVER, v, Change(receiving, snapshot_chunks=(SnapshotChunk(9, 1, 0, "abc"),)))
+    assert len(_partition_rows(tables, "inc-")) == 1
+    store.save(SERVER, v, Change(make_state(incoming=None)))
+    assert _partition_rows(tables, "inc-") == []
+
+
+def test_a_stale_warm_cache_reads_only_the_rows_it_lacks(tables: Tables) -> None:
+    a, _ = tables.store()
+    b, _ = tables.store()
+    v = a.save(SERVER, None, Change(make_state(), log_from=1, entries=make_entries(200)))
+    assert b.load(SERVER) is not None
+    v = a.save(SERVER, v, Change(make_state(), log_from=201, entries=make_entries(3, start=201)))
+    before = b.rows_read
+    loaded = b.load(SERVER)
+    assert loaded is not None and loaded.log == list(make_entries(203))
+    assert b.rows_read - before == 3
+
+
+def test_a_cold_load_finishes_while_the_server_keeps_saving(tables: Tables) -> None:
+    writer, _ = tables.store()
+    reader, reader_client = tables.store()
+    version = writer.save(SERVER, None, Change(make_state(), log_from=1, entries=make_entries(50)))
+    last = 50
+
+    def save_after_every_query(n: int) -> None:
+        nonlocal version, last
+        if n <= 10:  # ten saves land while the reader reads
+            version = writer.save(
+                SERVER,
+                version,
+                Change(make_state(), log_from=last + 1, entries=make_entries(1, start=last + 1)),
+            )
+            last += 1
+
+    reader_client.query_hook = save_after_every_query
+    loaded = reader.load(SERVER)
+    assert contents(loaded) == contents(writer.load(SERVER))
+    assert loaded is not None and len(loaded.log) == 60

@@ -32,6 +32,7 @@ from raft.adapters.table_rows import (
     check_entity,
     chunks,
     entry_row,
+    incoming_key,
     int_or_zero,
     int_property,
     log_key,
@@ -42,10 +43,26 @@ from raft.adapters.table_rows import (
     snapshot_key,
     utf16_bytes,
 )
+from raft.core.state import Snapshot
 from raft.ports.store import Change, StoreLimitError
 
 # The placeholder generation of a planned log row, replaced once the plan picks one.
 _UNPLACED = 999_999
+# Compacted log rows deleted per save, at most: bounded work, inside one transaction.
+GC_PER_SAVE = 32
+
+Segments = tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True)
+class SnapshotRef:
+    """Where the latest snapshot's rows are, and what it covers."""
+
+    id: int
+    parts: int
+    index: int
+    term: int
+    servers: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -56,27 +73,49 @@ class Meta:
     real: bool  # False: absent, or a placeholder left by a split first save
     commit: str
     last_index: int
-    segs: tuple[tuple[int, int], ...]
+    # Entries up to log_start are compacted; rows gc_from .. log_start still exist and are
+    # deleted a few per save.
+    log_start: int
+    gc_from: int
+    segs: Segments
     next_gen: int
-    snap: tuple[int, int] | None  # (snapshot id, rows)
+    snap: SnapshotRef | None
+    # Rows of the snapshot being received: (id, parts).
+    inc: tuple[int, int] | None
 
     @classmethod
     def absent(cls) -> Meta:
-        return cls(None, False, "", 0, ((1, 0),), 1, None)
+        return cls(None, False, "", 0, 0, 1, ((1, 0),), 1, None, None)
 
     @classmethod
     def of(cls, entity: Any) -> Meta:
         real = "state" in entity and entity.get("state") is not None
+        if not real:
+            return cls(entity.metadata["etag"], False, "", 0, 0, 1, ((1, 0),),
+                       max(1, as_int(entity.get("next_gen"), 1)), None, None)  # fmt: skip
         segs = tuple((int(s), int(g)) for s, g in json.loads(as_str(entity.get("segs")) or "[]"))
         snap_id = as_int(entity.get("snap_id"), -1)
+        snap = None
+        if snap_id >= 0:
+            snap = SnapshotRef(
+                snap_id,
+                as_int(entity.get("snap_parts")),
+                as_int(entity.get("snap_index")),
+                as_int(entity.get("snap_term")),
+                tuple(json.loads(as_str(entity.get("snap_servers")) or "[]")),
+            )
+        inc_id = as_int(entity.get("inc_id"), -1)
         return cls(
             etag=entity.metadata["etag"],
-            real=real,
+            real=True,
             commit=as_str(entity.get("commit")),
-            last_index=as_int(entity.get("last_index")) if real else 0,
-            segs=(segs or ((1, 0),)) if real else ((1, 0),),
+            last_index=as_int(entity.get("last_index")),
+            log_start=as_int(entity.get("log_start")),
+            gc_from=as_int(entity.get("gc_from"), 1),
+            segs=segs or ((1, 0),),
             next_gen=max(1, as_int(entity.get("next_gen"), 1)),
-            snap=(snap_id, as_int(entity.get("snap_parts"))) if real and snap_id >= 0 else None,
+            snap=snap,
+            inc=(inc_id, as_int(entity.get("inc_parts"))) if inc_id >= 0 else None,
         )
 
     def generation_at(self, index: int) -> int:
@@ -92,21 +131,17 @@ def generation_at(segs: Sequence[tuple[int, int]], index: int) -> int:
 class Plan:
     commit: Entity  # the new state entity
     meta: Meta  # what it says (ETag filled in after the save)
-    writes: list[Entity] = field(default_factory=list)  # log and snapshot rows
+    writes: list[Entity] = field(default_factory=list)  # log, snapshot and incoming rows
     results: list[Entity] = field(default_factory=list)
-    atomic_deletes: list[str] = field(default_factory=list)  # must go with the state entity
     garbage: list[str] = field(default_factory=list)  # rows no state will reference again
 
     @property
     def operations(self) -> int:
-        return (
-            1 + len(self.writes) + len(self.results) + len(self.atomic_deletes) + len(self.garbage)
-        )
+        return 1 + len(self.writes) + len(self.results) + len(self.garbage)
 
     def payload_bytes(self) -> int:
         rows = [self.commit, *self.writes, *self.results]
-        deletes = len(self.atomic_deletes) + len(self.garbage)
-        return sum(payload_bytes(e) for e in rows) + deletes * OPERATION_OVERHEAD_BYTES
+        return sum(payload_bytes(e) for e in rows) + len(self.garbage) * OPERATION_OVERHEAD_BYTES
 
     def fits_one_transaction(self) -> bool:
         return self.operations <= MAX_OPERATIONS and self.payload_bytes() <= MAX_BATCH_BYTES
@@ -134,9 +169,8 @@ def prepare(pk: str, change: Change) -> PreparedChange:
     ]
     latest = {r.client_id: r for r in change.results}  # one row per client: the last wins
     result_rows = [result_row(pk, result) for result in latest.values()]
-    snapshot_chunks = (
-        None if change.snapshot is None else chunks(change.snapshot, SNAPSHOT_CHUNK_UNITS)
-    )
+    snapshot = change.snapshot
+    snapshot_chunks = None if snapshot is None else chunks(snapshot.data, SNAPSHOT_CHUNK_UNITS)
     state_json = json.dumps(change.state, separators=(",", ":"), sort_keys=True)
     if utf16_bytes(state_json) > MAX_PROPERTY_BYTES:
         raise StoreLimitError(
@@ -146,73 +180,49 @@ def prepare(pk: str, change: Change) -> PreparedChange:
     return PreparedChange(pk, change, state_json, log_rows, result_rows, snapshot_chunks)
 
 
+class _Generations:
+    """Allocates row generations and snapshot ids from the stored counter."""
+
+    def __init__(self, next_gen: int) -> None:
+        self.next = next_gen
+
+    def take(self) -> int:
+        value = self.next
+        self.next += 1
+        return value
+
+
 def plan_save(base: Meta, prepared: PreparedChange, *, split: bool) -> Plan:
-    """The rows a save writes and deletes, given the stored metadata `base`. With `split`, the
-    save will span several transactions, so rewritten entries must not land on rows the stored
-    state references."""
+    """The rows a save writes and deletes, given the stored metadata `base`.
+
+    Rows at an (index, generation) never change once written: entries that replace stored
+    ones go under a fresh generation, so a reader's cached rows stay valid and a split save
+    never writes onto rows the stored state references.
+    """
     pk, change = prepared.pk, prepared.change
-    old_last = base.last_index
-    segs = list(base.segs)
-    next_gen = base.next_gen
+    state = change.state
+    gens = _Generations(base.next_gen)
+    log_start = int_or_zero(state.get("log_start"))
+    if log_start < base.log_start:
+        raise ValueError(f"{pk}: log_start {log_start} is before the stored {base.log_start}")
     writes: list[Entity] = []
-    atomic_deletes: list[str] = []
     garbage: list[str] = []
-    new_last = old_last
-    if change.log_from is not None:
-        log_from = change.log_from
-        if log_from > old_last + 1:
-            raise ValueError(
-                f"{pk}: log_from {log_from} leaves a gap after the stored last index {old_last}"
-            )
-        new_last = log_from - 1 + len(prepared.log_rows)
-        last_start, last_gen = segs[-1]
-        rewrites = log_from <= old_last
-        if rewrites and (split or log_from < last_start):
-            # Rewritten entries go under a fresh generation: never onto rows the stored
-            # state references (a split save), and never by regrowing a cut segment.
-            generation = next_gen
-            next_gen += 1
-            new_segs = [s for s in segs if s[0] < log_from] + [(log_from, generation)]
-        else:
-            generation = last_gen
-            new_segs = segs
-        for index, row in enumerate(prepared.log_rows, log_from):
-            writes.append({**row, "RowKey": log_key(index, generation)})
-        for index in range(log_from, old_last + 1):
-            old_generation = generation_at(segs, index)
-            if index <= new_last and old_generation == generation:
-                continue  # replaced in place, in the same transaction as the state
-            if old_generation == generation:
-                atomic_deletes.append(log_key(index, old_generation))
-            else:
-                garbage.append(log_key(index, old_generation))
-        segs = new_segs
-    snap = base.snap
-    if prepared.snapshot_chunks is not None:
-        snapshot_id = next_gen
-        next_gen += 1
-        rows = pack(prepared.snapshot_chunks)
-        for part, row_chunks in enumerate(rows):
-            snapshot_row: Entity = {
-                "PartitionKey": pk,
-                "RowKey": snapshot_key(snapshot_id, part),
-                "n": len(row_chunks),
-            }
-            snapshot_row.update({f"p{i:02d}": chunk for i, chunk in enumerate(row_chunks)})
-            writes.append(snapshot_row)
-        if base.snap is not None:
-            garbage.extend(snapshot_key(base.snap[0], p) for p in range(base.snap[1]))
-        snap = (snapshot_id, len(rows))
+    segs, last_index = _plan_log(base, prepared, log_start, gens, writes, garbage)
+    gc_from, segs = _plan_gc(base, log_start, segs, 0 if split else GC_PER_SAVE, garbage)
+    snap = _plan_snapshot(base, prepared, gens, writes, garbage)
+    inc = _plan_incoming(pk, base, change, gens, writes, garbage)
     meta = Meta(
         etag=None,
         real=True,
         commit=uuid.uuid4().hex,
-        last_index=new_last,
-        segs=tuple(segs),
-        next_gen=next_gen,
+        last_index=last_index,
+        log_start=log_start,
+        gc_from=gc_from,
+        segs=segs,
+        next_gen=gens.next,
         snap=snap,
+        inc=inc,
     )
-    state = change.state
     commit: Entity = {
         "PartitionKey": pk,
         "RowKey": STATE_ROW,
@@ -222,27 +232,142 @@ def plan_save(base: Meta, prepared: PreparedChange, *, split: bool) -> Plan:
         "role": str(state.get("role", "")),
         "leader": str(state.get("leader_id", "")),
         "commit_index": int_property(int_or_zero(state.get("commit_index"))),
-        "last_index": int_property(new_last),
+        "last_index": int_property(last_index),
+        "log_start": int_property(log_start),
+        "gc_from": int_property(gc_from),
         "updated": now_iso(),
         "commit": meta.commit,
         "segs": json.dumps([list(s) for s in segs]),
-        "next_gen": int_property(next_gen),
-        "snap_id": int_property(snap[0] if snap else -1),
-        "snap_parts": int_property(snap[1] if snap else 0),
+        "next_gen": int_property(gens.next),
+        "snap_id": int_property(snap.id if snap else -1),
+        "snap_parts": int_property(snap.parts if snap else 0),
+        "snap_index": int_property(snap.index if snap else 0),
+        "snap_term": int_property(snap.term if snap else 0),
+        "snap_servers": json.dumps(list(snap.servers) if snap else []),
+        "inc_id": int_property(inc[0] if inc else -1),
+        "inc_parts": int_property(inc[1] if inc else 0),
     }
     check_entity(commit, f"{pk}: state entity")
-    return Plan(commit, meta, writes, prepared.result_rows, atomic_deletes, garbage)
+    return Plan(commit, meta, writes, prepared.result_rows, garbage)
+
+
+def _plan_log(
+    base: Meta,
+    prepared: PreparedChange,
+    log_start: int,
+    gens: _Generations,
+    writes: list[Entity],
+    garbage: list[str],
+) -> tuple[Segments, int]:
+    """Log rows to write and rows retired by a rewrite; the new segments and last index."""
+    change, pk = prepared.change, prepared.pk
+    old_last = base.last_index
+    segs = base.segs
+    if change.log_from is None:
+        return segs, max(old_last, log_start)
+    log_from = change.log_from
+    if log_from <= log_start or log_from > max(old_last, log_start) + 1:
+        raise ValueError(
+            f"{pk}: log_from {log_from} must follow log_start {log_start} and leave no gap "
+            f"after the stored last index {old_last}"
+        )
+    if log_from <= old_last:
+        # A rewrite: the new entries go under a fresh generation; the rows they replace,
+        # and the stored rows past the new end, are retired.
+        generation = gens.take()
+        segs = (*(s for s in segs if s[0] < log_from), (log_from, generation))
+        retired = range(log_from, old_last + 1)
+        garbage.extend(log_key(index, generation_at(base.segs, index)) for index in retired)
+    else:
+        generation = segs[-1][1]
+    for index, row in enumerate(prepared.log_rows, log_from):
+        writes.append({**row, "RowKey": log_key(index, generation)})
+    return segs, log_from - 1 + len(prepared.log_rows)
+
+
+def _plan_gc(
+    base: Meta, log_start: int, segs: Segments, budget: int, garbage: list[str]
+) -> tuple[int, Segments]:
+    """Delete up to `budget` compacted rows; the new gc_from, and the segments still needed
+    (those covering gc_from onwards)."""
+    gc_from = base.gc_from
+    # Rows exist up to the stored last index; a snapshot installed past the end of the log
+    # compacts indexes that were never written.
+    existing_end = min(log_start, base.last_index)
+    stop = min(existing_end + 1, gc_from + budget)
+    garbage.extend(log_key(i, generation_at(base.segs, i)) for i in range(gc_from, stop))
+    gc_from = max(gc_from, stop)
+    if gc_from > existing_end:
+        gc_from = max(gc_from, log_start + 1)
+    keep_from = max(0, bisect_right([s[0] for s in segs], gc_from) - 1)
+    return gc_from, segs[keep_from:]
+
+
+def _plan_snapshot(
+    base: Meta,
+    prepared: PreparedChange,
+    gens: _Generations,
+    writes: list[Entity],
+    garbage: list[str],
+) -> SnapshotRef | None:
+    snapshot: Snapshot | None = prepared.change.snapshot
+    if snapshot is None or prepared.snapshot_chunks is None:
+        return base.snap
+    snapshot_id = gens.take()
+    rows = pack(prepared.snapshot_chunks)
+    for part, row_chunks in enumerate(rows):
+        writes.append(_chunk_row(prepared.pk, snapshot_key(snapshot_id, part), row_chunks))
+    if base.snap is not None:
+        garbage.extend(snapshot_key(base.snap.id, p) for p in range(base.snap.parts))
+    return SnapshotRef(snapshot_id, len(rows), snapshot.index, snapshot.term, snapshot.servers)
+
+
+def _plan_incoming(
+    pk: str,
+    base: Meta,
+    change: Change,
+    gens: _Generations,
+    writes: list[Entity],
+    garbage: list[str],
+) -> tuple[int, int] | None:
+    """Rows of the snapshot being received: one per chunk, appended; a transfer that starts
+    over (a chunk at offset 0) or ends (installed or abandoned) retires the earlier rows."""
+    inc = base.inc
+    for chunk in change.snapshot_chunks:
+        if chunk.offset == 0 or inc is None:
+            if inc is not None:
+                garbage.extend(_incoming_keys(inc, writes))
+            inc = (gens.take(), 0)
+        pieces = chunks(chunk.data, SNAPSHOT_CHUNK_UNITS)
+        writes.append(_chunk_row(pk, incoming_key(inc[0], inc[1]), pieces))
+        inc = (inc[0], inc[1] + 1)
+    if change.state.get("incoming") is None and inc is not None:
+        garbage.extend(_incoming_keys(inc, writes))
+        inc = None
+    return inc
+
+
+def _incoming_keys(inc: tuple[int, int], writes: list[Entity]) -> list[str]:
+    """Keys of a transfer's rows; those planned in this same save are dropped instead."""
+    keys = [incoming_key(inc[0], part) for part in range(inc[1])]
+    planned = {row["RowKey"] for row in writes}
+    writes[:] = [row for row in writes if row["RowKey"] not in keys]
+    return [key for key in keys if key not in planned]
+
+
+def _chunk_row(pk: str, row_key: str, pieces: list[str]) -> Entity:
+    row: Entity = {"PartitionKey": pk, "RowKey": row_key, "n": len(pieces)}
+    row.update({f"p{i:02d}": piece for i, piece in enumerate(pieces)})
+    check_entity(row, f"{pk}: row {row_key}")
+    return row
 
 
 def state_operation(etag: str | None, entity: Entity, mode: UpdateMode) -> Operation:
     """Insert the state entity (no ETag: fails if one exists) or update it If-Match `etag`."""
     if etag is None:
         return ("create", entity)
-    return (
-        "update",
-        entity,
-        {"mode": mode, "etag": etag, "match_condition": MatchConditions.IfNotModified},
-    )
+    condition = MatchConditions.IfNotModified
+    return ("update", entity, {"mode": mode, "etag": etag, "match_condition": condition})
 
 
 def _upsert(row: Entity) -> Operation:
@@ -257,7 +382,7 @@ def single_transaction(base: Meta, plan: Plan) -> list[Operation]:
     pk = plan.commit["PartitionKey"]
     operations = [state_operation(base.etag, plan.commit, UpdateMode.REPLACE)]
     operations += [_upsert(row) for row in plan.writes + plan.results]
-    operations += [_delete(pk, key) for key in plan.atomic_deletes + plan.garbage]
+    operations += [_delete(pk, key) for key in plan.garbage]
     return operations
 
 
@@ -274,7 +399,6 @@ class SplitSave:
 
 
 def split_transactions(plan: Plan) -> SplitSave:
-    assert not plan.atomic_deletes, "a split save only deletes rows no state references"
     pk = plan.commit["PartitionKey"]
     # The last transaction: the state entity, then results and garbage while they fit.
     room_ops = MAX_OPERATIONS - 1

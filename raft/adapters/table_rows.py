@@ -59,6 +59,11 @@ def snapshot_key(snapshot_id: int, part: int) -> str:
     return f"snap-{snapshot_id:012d}-{part:04d}"
 
 
+def incoming_key(transfer: int, part: int) -> str:
+    """A chunk of a snapshot being received, in the order it arrived."""
+    return f"inc-{transfer:012d}-{part:04d}"
+
+
 def result_key(client_id: str) -> str:
     """The RowKey of a client's result row (hashed when the id is not RowKey-safe)."""
     if _SAFE_CLIENT_ID.fullmatch(client_id):

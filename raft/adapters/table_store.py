@@ -10,21 +10,30 @@ Layout: one partition per server (PartitionKey = server id), with these rows:
 - ``log-000000000042``: one row per log entry, zero-padded so lexical order is index order.
   Rows written under a *generation* other than 0 carry it as a suffix
   (``log-000000000042.000003``); which generation holds which index is recorded in the state
-  entity (``segs``: ``[[start_index, generation], ...]``).
-- ``snap-<id>-<part>``: the applied state (application snapshot and client sessions), split
-  into properties of at most 32,000 UTF-16 code units and rows of at most about 900 KiB.
+  entity (``segs``: ``[[start_index, generation], ...]``). **A row at an (index, generation)
+  never changes**: entries that replace stored ones (a follower truncating a conflicting
+  suffix) go under a fresh generation, so any row a reader holds stays valid.
+- ``snap-<id>-<part>``: the latest snapshot of the applied state (application and client
+  sessions), split into properties of at most 32,000 UTF-16 code units and rows of at most
+  about 900 KiB; its index, term and configuration are columns of the state entity.
+- ``inc-<id>-<part>``: the chunks received so far of a snapshot being installed.
 - ``result-c-<client id>`` (ids of letters, digits and ``._~-``) or ``result-h-<sha256>`` (any
   other id: RowKeys may not hold ``/ \\ # ?`` or control characters): the last result for a
   client, with the real id as a property.
 
-**Readers trust only what the state entity references**: log rows 1..``last_index`` under the
-generation ``segs`` assigns to each index, and the snapshot rows named by ``snap_id``. Every
-other row is invisible, so rows may be written ahead of the state entity that references them.
+**Readers trust only what the state entity references**: log rows ``log_start``+1 ..
+``last_index`` under the generation ``segs`` assigns to each index, and the snapshot and
+incoming rows it names. Every other row is invisible, so rows may be written ahead of the state
+entity that references them, and deleted after it stops referencing them.
+
+**Compaction** moves ``log_start`` (the state dict's): the rows up to it become invisible at
+once, and each save deletes up to 32 of them, from ``gc_from`` on, inside its own transaction,
+so the work per save is bounded and no save grows past the transaction limits.
 
 **The common save is one entity-group transaction**: the state entity first (Insert when no
 state exists, which fails with 409 if one does; otherwise Replace with If-Match on the ETag the
-caller loaded, which fails with 412), then the log rows, deletes past the new end, the snapshot
-and the results. Both failures become `VersionConflict`; everything else propagates.
+caller loaded, which fails with 412), then the rows, then deletes of rows no state references
+any more. Both failures become `VersionConflict`; everything else propagates.
 
 **A save that needs more than 100 operations (or 3.5 MiB of payload)** is split so that it still
 appears atomic and can never damage a state another instance saved concurrently:
@@ -33,39 +42,30 @@ appears atomic and can never damage a state another instance saved concurrently:
    state entity with If-Match on the ETag from the previous transaction (touching only the
    ``next_gen`` counter, never the state), and continues the chain with the ETag it gets back.
    So no row is ever written unconditionally: if anybody else saves in between, the next
-   transaction of the chain fails with 412 and the save stops with `VersionConflict`. There is
-   no read-then-write window, hence no residual race.
-2. The earlier transactions write only invisible rows: entries past the stored ``last_index``, a
-   new snapshot under a fresh id, and, when the save replaces stored entries (a follower
-   truncating a conflicting suffix), the replacement entries under a **fresh generation**
-   (allocated by bumping ``next_gen`` in the first transaction, so a concurrent writer never
-   picks the same one). The stored rows the old state references are never overwritten.
+   transaction of the chain fails with 412 and the save stops with `VersionConflict`.
+2. The earlier transactions write only invisible rows: entries past the stored ``last_index`` or
+   under a fresh generation, and snapshot or incoming rows under a fresh id. The rows the stored
+   state references are never overwritten.
 3. The last transaction replaces the state entity (If-Match), which switches readers to the
    new rows at once, and carries the client results. If a save needs more than 99 results
    (never in practice: one step applies what one message committed), the excess results are
    written in the earlier, conditioned transactions; they may then become readable shortly
    before the state that produced them, which is harmless because a result is only recorded for
    a committed entry and is the same whichever instance applies it.
-4. Rows that only the old state referenced (a retired generation's entries, the old snapshot)
-   are deleted in the last transaction if there is room, otherwise afterwards, best effort.
-   Retired generations are never referenced again (only the last segment grows, and a save
-   that rewrites an earlier segment always starts a new one), so deleting them late is safe.
-
-A split save that stops half way (conflict, crash) leaves only invisible rows: entries past the
-end are overwritten before any later state references them; rows of an abandoned generation stay
-as garbage (rare, small, never read). Deletes that must be atomic with the state (entries of the
-current generation past a shortened end, which the same keys will hold again later) are only
-ever planned in a single transaction.
+4. Rows that only the old state referenced are deleted in the last transaction if there is
+   room, otherwise afterwards, best effort (they are invisible either way).
 
 The earlier transactions change the state entity's ETag without changing the state, so the
 entity also carries ``commit``, a random id written with each new state: a cached or half-read
 log is still valid when the ETag moved but ``commit`` did not.
 
-**Cache**: per server, this instance keeps the last state it loaded or saved. `load` reads the
-state entity (one point read) and, if its ETag or ``commit`` matches the cache, returns the cached
-log without querying log rows. A save updates the cache from the `Change`. A conflict drops it.
-A cold `load` queries the referenced rows, then re-reads the state entity and retries if a
-new state was committed meanwhile, so it never returns a mixture of two versions.
+**Cache and incremental loads**: per server, this instance keeps the rows it last loaded or
+saved. `load` reads the state entity (one point read) and then only the rows it lacks: log rows
+past what it holds or under a generation it has not seen, and snapshot or incoming rows under an
+id it has not read. A cold `load` reads the snapshot and the log tail, then re-reads the state
+entity; if a new state was committed meanwhile it reads only what that one added, and repeats,
+so it never returns a mixture of two versions, and never gives up on a server that keeps saving
+as long as it reads faster than the server writes.
 
 **Limits**: a property holds at most 64 KiB (strings are counted in UTF-16, so at most 32,768
 code units) and an entity at most 1 MiB; a change that would break them raises
@@ -78,8 +78,8 @@ import copy
 import json
 import logging
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from azure.core.exceptions import ResourceNotFoundError
@@ -89,6 +89,8 @@ from raft.adapters.connections import Connection
 from raft.adapters.table_plan import (
     Meta,
     Plan,
+    SnapshotRef,
+    generation_at,
     plan_save,
     prepare,
     single_transaction,
@@ -104,6 +106,7 @@ from raft.adapters.table_rows import (
     as_str,
     check_partition_key,
     entry_of,
+    incoming_key,
     log_key,
     parse_log_key,
     result_key,
@@ -111,6 +114,7 @@ from raft.adapters.table_rows import (
     snapshot_key,
 )
 from raft.core.messages import Entry
+from raft.core.state import Snapshot
 from raft.ports.store import Change, ClientResult, StoredServer, VersionConflict
 
 if TYPE_CHECKING:
@@ -118,18 +122,41 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("raft.store.table")
 
-# A cold load re-reads the state entity after the rows; it retries this often if new states
-# keep being committed meanwhile.
-MAX_LOAD_ATTEMPTS = 8
+# A load gives up (the table is damaged, or the server saves faster than it can be read) after
+# this many rounds that each read what the previous round's state added.
+MAX_LOAD_ROUNDS = 64
+
+
+@dataclass
+class _Rows:
+    """Rows this instance has read or written for one server: entries by index with the
+    generation they were read under, and the snapshot and incoming rows by id."""
+
+    entries: dict[int, tuple[int, Entry]] = field(default_factory=dict)
+    snapshot: tuple[int, str] | None = None  # (snapshot id, data)
+    incoming: tuple[int, list[str]] | None = None  # (transfer id, parts)
+
+    def entry(self, meta: Meta, index: int) -> Entry | None:
+        held = self.entries.get(index)
+        if held is None or held[0] != meta.generation_at(index):
+            return None
+        return held[1]
+
+    def forget_outside(self, meta: Meta) -> None:
+        """Drop entries the state no longer references, so memory follows the log's size."""
+        self.entries = {
+            i: held
+            for i, held in self.entries.items()
+            if meta.log_start < i <= meta.last_index and held[0] == meta.generation_at(i)
+        }
 
 
 @dataclass
 class _Cached:
     meta: Meta
-    # None when this instance knows the version but not the rows (a save based on a point read).
+    # None when this instance knows the version but not the state (a save on a point read).
     state: dict[str, Any] | None
-    log: list[Entry] | None
-    snapshot: str | None
+    rows: _Rows
 
 
 class TableStore:
@@ -144,6 +171,8 @@ class TableStore:
         self.saves = 0
         self.conflicts = 0
         self.transactions = 0
+        self.point_reads = 0
+        self.rows_read = 0
         self.full_loads = 0
         self.cached_loads = 0
 
@@ -205,21 +234,30 @@ class TableStore:
             cached = self._cache.get(server_id)
             if (
                 cached is not None
-                and cached.log is not None
                 and cached.state is not None
                 and (cached.meta.etag == meta.etag or cached.meta.commit == meta.commit)
             ):
-                cached.meta = meta
+                cached.meta = replace(cached.meta, etag=meta.etag)
                 self.cached_loads += 1
                 return self._stored(cached)
-        loaded = self._load_full(server_id, pk, entity)
-        if loaded is None:
-            self.drop_cache(server_id)
-            return None
+            rows = cached.rows if cached is not None else _Rows()
+        loaded = self._load_rows(server_id, pk, entity, rows)
         with self._lock:
             self._cache[server_id] = loaded
             self.full_loads += 1
             return self._stored(loaded)
+
+    def version(self, server_id: str) -> str | None:
+        entity = self._get(check_partition_key(server_id), STATE_ROW, select=["commit"])
+        if entity is None:
+            return None
+        # A split save's earlier transactions move the ETag but not `commit`: the state is
+        # the same, so a copy from the ETag the cache holds for it is still current.
+        with self._lock:
+            cached = self._cache.get(server_id)
+            if cached is not None and cached.meta.commit == as_str(entity.get("commit")):
+                return cached.meta.etag
+        return str(entity.metadata["etag"])
 
     def read_state(self, server_id: str) -> dict[str, Any] | None:
         entity = self._get(check_partition_key(server_id), STATE_ROW)
@@ -237,70 +275,109 @@ class TableStore:
 
     @staticmethod
     def _stored(cached: _Cached) -> StoredServer:
-        assert cached.meta.etag is not None and cached.log is not None
+        meta, rows = cached.meta, cached.rows
+        assert meta.etag is not None and cached.state is not None
+        entries = [rows.entry(meta, i) for i in range(meta.log_start + 1, meta.last_index + 1)]
+        assert all(e is not None for e in entries), "a cached load holds every entry"
+        snapshot = None
+        if meta.snap is not None:
+            assert rows.snapshot is not None and rows.snapshot[0] == meta.snap.id
+            snapshot = _snapshot(meta.snap, rows.snapshot[1])
+        incoming = ""
+        if meta.inc is not None and rows.incoming is not None:
+            incoming = "".join(rows.incoming[1][: meta.inc[1]])
         return StoredServer(
-            version=cached.meta.etag,
-            state=copy.deepcopy(cached.state or {}),
-            log=list(cached.log),
-            snapshot=cached.snapshot,
+            version=meta.etag,
+            state=copy.deepcopy(cached.state),
+            log=[e for e in entries if e is not None],
+            snapshot=snapshot,
+            incoming=incoming,
         )
 
-    def _get(self, pk: str, row_key: str) -> Any:
+    def _get(self, pk: str, row_key: str, select: list[str] | None = None) -> Any:
+        with self._lock:
+            self.point_reads += 1
         try:
-            return self.table.get_entity(pk, row_key)
+            return self.table.get_entity(pk, row_key, select=select)
         except ResourceNotFoundError:
             return None
 
-    def _load_full(self, server_id: str, pk: str, entity: Any) -> _Cached | None:
-        for _attempt in range(MAX_LOAD_ATTEMPTS):
+    def _load_rows(self, server_id: str, pk: str, entity: Any, rows: _Rows) -> _Cached:
+        """Read the rows `entity` references that `rows` lacks; re-read the state entity and
+        repeat while new states are committed meanwhile, reading only what each one added."""
+        for _round in range(MAX_LOAD_ROUNDS):
             meta = Meta.of(entity)
             state = json.loads(as_str(entity["state"]))
-            entries = self._read_log(server_id, pk, meta)
-            snapshot = self._read_snapshot(server_id, pk, meta)
+            self._read_log(pk, meta, rows)
+            self._read_snapshot(pk, meta, rows)
+            self._read_incoming(pk, meta, rows)
             again = self._get(pk, STATE_ROW)
             if again is None or not Meta.of(again).real:
-                return None
+                raise VersionConflict(f"{server_id}: the state entity vanished while loading")
             newer = Meta.of(again)
+            missing = [
+                i for i in range(meta.log_start + 1, meta.last_index + 1) if not rows.entry(meta, i)
+            ]
             if newer.commit == meta.commit:
-                return _Cached(newer, state, entries, snapshot)
-            log.info("server=%s state changed while loading; reading it again", server_id)
+                if missing:
+                    raise RuntimeError(
+                        f"{server_id}: log rows missing for indexes {missing[:10]} "
+                        f"(log {meta.log_start + 1}..{meta.last_index}); the table is damaged"
+                    )
+                rows.forget_outside(newer)
+                return _Cached(newer, state, rows)
+            log.info("server=%s state changed while loading; reading what it added", server_id)
             entity = again
         raise RuntimeError(
-            f"{server_id}: the stored state changed {MAX_LOAD_ATTEMPTS} times while loading"
+            f"{server_id}: the stored state changed {MAX_LOAD_ROUNDS} times while loading"
         )
 
-    def _read_log(self, server_id: str, pk: str, meta: Meta) -> list[Entry]:
-        if meta.last_index == 0:
-            return []
-        found: list[Entry | None] = [None] * meta.last_index
-        rows = self.table.query_entities(
-            "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
-            parameters={"pk": pk, "lo": log_key(1, 0), "hi": log_key(meta.last_index + 1, 0)},
-            select=LOG_COLUMNS,
-        )
-        for row in rows:
-            index, generation = parse_log_key(row["RowKey"])
-            if 1 <= index <= meta.last_index and generation == meta.generation_at(index):
-                found[index - 1] = entry_of(row)
-        missing = [i for i, e in enumerate(found, 1) if e is None]
-        if missing:
-            raise RuntimeError(
-                f"{server_id}: log rows missing for indexes {missing[:10]} "
-                f"(last_index {meta.last_index}); the table is damaged"
+    def _read_log(self, pk: str, meta: Meta, rows: _Rows) -> None:
+        """Query the ranges of referenced entries `rows` lacks (usually just the tail)."""
+        for lo, hi in _ranges(
+            i for i in range(meta.log_start + 1, meta.last_index + 1) if not rows.entry(meta, i)
+        ):
+            found = self.table.query_entities(
+                "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
+                parameters={"pk": pk, "lo": log_key(lo, 0), "hi": log_key(hi + 1, 0)},
+                select=LOG_COLUMNS,
             )
-        return [e for e in found if e is not None]
+            for row in found:
+                index, generation = parse_log_key(row["RowKey"])
+                with self._lock:
+                    self.rows_read += 1
+                if lo <= index <= hi and generation == meta.generation_at(index):
+                    rows.entries[index] = (generation, entry_of(row))
 
-    def _read_snapshot(self, server_id: str, pk: str, meta: Meta) -> str | None:
-        if meta.snap is None:
+    def _read_snapshot(self, pk: str, meta: Meta, rows: _Rows) -> None:
+        ref = meta.snap
+        if ref is None or (rows.snapshot is not None and rows.snapshot[0] == ref.id):
+            return
+        parts = [self._read_chunk_row(pk, snapshot_key(ref.id, p)) for p in range(ref.parts)]
+        if all(p is not None for p in parts):
+            rows.snapshot = (ref.id, "".join(p for p in parts if p is not None))
+
+    def _read_incoming(self, pk: str, meta: Meta, rows: _Rows) -> None:
+        if meta.inc is None:
+            rows.incoming = None
+            return
+        transfer, count = meta.inc
+        if rows.incoming is None or rows.incoming[0] != transfer:
+            rows.incoming = (transfer, [])
+        held = rows.incoming[1]
+        for part in range(len(held), count):
+            piece = self._read_chunk_row(pk, incoming_key(transfer, part))
+            if piece is None:
+                return
+            held.append(piece)
+
+    def _read_chunk_row(self, pk: str, row_key: str) -> str | None:
+        row = self._get(pk, row_key)
+        if row is None:
             return None
-        snapshot_id, parts = meta.snap
-        pieces: list[str] = []
-        for part in range(parts):
-            row = self._get(pk, snapshot_key(snapshot_id, part))
-            if row is None:
-                raise RuntimeError(f"{server_id}: snapshot row {part} of {parts} is missing")
-            pieces.extend(as_str(row.get(f"p{i:02d}")) for i in range(as_int(row.get("n"))))
-        return "".join(pieces)
+        with self._lock:
+            self.rows_read += 1
+        return "".join(as_str(row.get(f"p{i:02d}")) for i in range(as_int(row.get("n"))))
 
     # -------------------------------------------------------------------------- save
 
@@ -397,23 +474,43 @@ class TableStore:
                     )
 
     def _remember(self, server_id: str, base: Meta, meta: Meta, change: Change) -> None:
+        """Keep what this save wrote, so the next load reads nothing but the state entity."""
         with self._lock:
             cached = self._cache.get(server_id)
-            if not base.real:
-                old_log: list[Entry] | None = []
-                old_snapshot = None
-            elif cached is not None and cached.meta.etag == base.etag and cached.log is not None:
-                old_log, old_snapshot = cached.log, cached.snapshot
-            else:
-                old_log, old_snapshot = None, None
-            if old_log is None:
-                self._cache[server_id] = _Cached(meta, None, None, None)
-                return
+            known = cached is not None and cached.meta.etag == base.etag
+            rows = cached.rows if cached is not None and known else _Rows()
             if change.log_from is not None:
-                old_log = old_log[: change.log_from - 1] + list(change.entries)
-            self._cache[server_id] = _Cached(
-                meta,
-                copy.deepcopy(change.state),
-                list(old_log),
-                change.snapshot if change.snapshot is not None else old_snapshot,
-            )
+                generation = generation_at(meta.segs, change.log_from)
+                for index, entry in enumerate(change.entries, change.log_from):
+                    rows.entries[index] = (generation, entry)
+            if change.snapshot is not None and meta.snap is not None:
+                rows.snapshot = (meta.snap.id, change.snapshot.data)
+            if meta.inc is None:
+                rows.incoming = None
+            elif change.snapshot_chunks:
+                if rows.incoming is None or rows.incoming[0] != meta.inc[0]:
+                    rows.incoming = (meta.inc[0], [])
+                first_new = meta.inc[1] - len(change.snapshot_chunks)
+                held = rows.incoming[1][: max(0, first_new)]
+                rows.incoming = (meta.inc[0], held + [c.data for c in change.snapshot_chunks])
+            rows.forget_outside(meta)
+            # The rows held are all the new state references only if they were all held
+            # before (or there was nothing before); otherwise the next load reads the rest.
+            complete = not base.real or (known and cached is not None and cached.state is not None)
+            state = copy.deepcopy(change.state) if complete else None
+            self._cache[server_id] = _Cached(meta, state, rows)
+
+
+def _snapshot(ref: SnapshotRef, data: str) -> Snapshot:
+    return Snapshot(ref.index, ref.term, data, ref.servers)
+
+
+def _ranges(indexes: Iterable[int]) -> list[tuple[int, int]]:
+    """Consecutive runs of ascending indexes, as (first, last)."""
+    runs: list[tuple[int, int]] = []
+    for index in indexes:
+        if runs and runs[-1][1] == index - 1:
+            runs[-1] = (runs[-1][0], index)
+        else:
+            runs.append((index, index))
+    return runs

@@ -83,6 +83,38 @@ class AppendEntriesResponse:
 
 
 @dataclass(frozen=True, slots=True)
+class InstallSnapshot:
+    """InstallSnapshot RPC (§7, thesis §5.3), one chunk at a time.
+
+    The snapshot covers the log up to `last_index` (whose entry had `last_term`) and carries
+    the configuration as of that index. `offset` is where `data` starts in the encoded
+    snapshot; `done` marks the last chunk. A chunk also serves as a heartbeat.
+    """
+
+    term: int
+    leader_id: ServerId
+    last_index: int
+    last_term: int
+    servers: tuple[ServerId, ...]
+    offset: int
+    data: str
+    done: bool
+
+
+@dataclass(frozen=True, slots=True)
+class InstallSnapshotResponse:
+    """Reply to InstallSnapshot: the follower has stored the snapshot at `last_index` up to
+    `next_offset` (and installed it, if `done`). A follower that already holds everything
+    the snapshot covers answers `done` at once."""
+
+    term: int
+    follower_id: ServerId
+    last_index: int
+    next_offset: int
+    done: bool
+
+
+@dataclass(frozen=True, slots=True)
 class ClientRequest:
     """A command from a client (§8). (`client_id`, `seq`) identifies it for deduplication.
 
@@ -128,6 +160,8 @@ Message = (
     | RequestVoteResponse
     | AppendEntries
     | AppendEntriesResponse
+    | InstallSnapshot
+    | InstallSnapshotResponse
     | ClientRequest
     | ClientResponse
 )

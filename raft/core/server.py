@@ -1,8 +1,10 @@
-"""The Raft server as a pure state machine (extended Raft paper, Figure 2).
+"""The Raft server as a pure state machine (extended Raft paper, Figure 2; Ongaro's thesis for
+log compaction, pre-vote, check-quorum and the leader lease).
 
 `RaftServer` wraps one server's `ServerState`. Hosts feed it events with `step` (a message)
-and `tick` (time passing), then call `ready()` to collect what to persist and send. The host
-must persist the state before sending the messages (Figure 2: "respond to RPCs only after
+and `tick` (time passing), then call `ready()` to collect what changed: whether the state must
+be saved, which log entries to rewrite, snapshot chunks to store, a snapshot installed, and the
+messages to send. The host must persist before it sends (Figure 2: "respond to RPCs only after
 updating stable storage"). There is no I/O, no clock and no global randomness here: `now`
 comes with each event and the randomized election timeout comes from `state.rng`.
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, replace
+from typing import Any
 
 from raft.core.messages import (
     AppendEntries,
@@ -23,13 +26,24 @@ from raft.core.messages import (
     ClientStatus,
     Entry,
     Envelope,
+    InstallSnapshot,
+    InstallSnapshotResponse,
     Message,
     RequestVote,
     RequestVoteResponse,
     ServerId,
 )
 from raft.core.rng import next_random
-from raft.core.state import Config, Role, ServerState
+from raft.core.state import (
+    Config,
+    IncomingSnapshot,
+    Progress,
+    Replication,
+    Role,
+    ServerState,
+    Snapshot,
+    SnapshotChunk,
+)
 
 
 def entry_term(entry: Entry) -> int:
@@ -42,31 +56,59 @@ MAX_FORWARD_HOPS = 2
 
 
 @dataclass(frozen=True, slots=True)
-class Ready:
-    """The output of a batch of steps.
+class HardState:
+    """What Figure 2 calls persistent state, besides the log."""
 
-    `log_changed_from` is the lowest log index appended or overwritten since the last Ready
-    (None if the log did not change): entries from there on must be rewritten and any stored
-    entries past the new end deleted.
+    term: int
+    voted_for: ServerId
+    commit: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """What steps changed since the host last stored the state (`persisted`), for the host to
+    persist, then send.
+
+    - `changed`: anything in the state differs from what was stored: it must be saved before
+      `messages` are sent (and a host that saves nothing must check its copy was current);
+    - `hard_state`: term, vote and commit index, if any of them changed;
+    - `log_changed_from`: the lowest log index appended or overwritten (None if the log did
+      not change): entries from there on must be rewritten and any stored entries past the new
+      end deleted. Entries up to `state.log_start` are compacted and may be deleted;
+    - `snapshot_chunks`: parts of a snapshot being received, to store with the state;
+    - `installed`: a snapshot this server installed from its leader: the application must be
+      restored from it (and it becomes the stored snapshot);
+    - `committed`: the range of indexes newly known committed, (first, last), or None.
     """
 
     messages: tuple[Envelope, ...]
+    changed: bool
+    hard_state: HardState | None
     log_changed_from: int | None
+    snapshot_chunks: tuple[SnapshotChunk, ...] = ()
+    installed: Snapshot | None = None
+    committed: tuple[int, int] | None = None
 
 
 class RaftServer:
     def __init__(self, state: ServerState, config: Config) -> None:
         self.state = state
         self.config = config
+        self._now = 0
         self._out: list[Envelope] = []
         self._log_changed_from: int | None = None
         self._to_replicate: set[ServerId] = set()
         self._heartbeat_due: set[ServerId] = set()
+        self._chunks: list[SnapshotChunk] = []
+        self._installed: Snapshot | None = None
+        self._mark = self._fingerprint()
+        self._hard = self._hard_state()
 
     # ----------------------------------------------------------------- events
 
     def step(self, envelope: Envelope, now: int) -> None:
         """Handle one incoming message."""
+        self._now = now
         m = envelope.message
         if isinstance(m, ClientRequest):
             self.on_client_request(m)
@@ -78,7 +120,7 @@ class RaftServer:
             return
         if m.term > self.state.current_term and self.adopts_term(m, now):
             # §5.1: a server that sees a higher term updates its term and becomes a follower.
-            leader = m.leader_id if isinstance(m, AppendEntries) else ""
+            leader = m.leader_id if isinstance(m, AppendEntries | InstallSnapshot) else ""
             self.become_follower(m.term, now, leader)
         if isinstance(m, RequestVote):
             self.on_request_vote(sender, m, now)
@@ -86,11 +128,16 @@ class RaftServer:
             self.on_request_vote_response(sender, m, now)
         elif isinstance(m, AppendEntries):
             self.on_append_entries(sender, m, now)
-        else:
+        elif isinstance(m, AppendEntriesResponse):
             self.on_append_entries_response(sender, m)
+        elif isinstance(m, InstallSnapshot):
+            self.on_install_snapshot(sender, m, now)
+        else:
+            self.on_install_snapshot_response(sender, m)
 
     def tick(self, now: int) -> None:
         """Time passes: fire whichever of this server's deadlines is due."""
+        self._now = now
         s = self.state
         self.clamp_timers(now)
         if s.role is Role.LEADER:
@@ -98,20 +145,34 @@ class RaftServer:
             if quorum_due and not self.check_quorum(now):
                 return
             if now >= s.heartbeat_deadline:
-                s.heartbeat_deadline = now + self.config.heartbeat_interval
-                for peer in s.peers:
-                    if peer in s.replicated:
-                        # An AppendEntries went out this period; it was the heartbeat.
-                        continue
-                    s.inflight[peer] = 0
-                    self._heartbeat_due.add(peer)
-                    self._to_replicate.add(peer)
-                s.replicated = set()
+                self.heartbeat(now)
         elif now >= s.election_deadline:
             if self.config.pre_vote:
                 self.become_pre_candidate(now)
             else:
                 self.become_candidate(now)
+
+    def heartbeat(self, now: int) -> None:
+        """Send to every follower that has had nothing from this leader for a heartbeat
+        interval, so the gap between two messages to a follower never exceeds the interval
+        by more than the host's tick is late; the next deadline is when the first follower
+        falls due."""
+        s, interval = self.state, self.config.heartbeat_interval
+        for peer, p in s.progress.items():
+            if now - p.last_sent >= interval:
+                p.inflight = 0
+                self._heartbeat_due.add(peer)
+                self._to_replicate.add(peer)
+        self.rearm_heartbeat(now)
+
+    def rearm_heartbeat(self, now: int) -> None:
+        s, interval = self.state, self.config.heartbeat_interval
+        due = [
+            p.last_sent + interval
+            for peer, p in s.progress.items()
+            if peer not in self._heartbeat_due
+        ]
+        s.heartbeat_deadline = min([now + interval, *due])
 
     def clamp_timers(self, now: int) -> None:
         """Arm the election timer on the first tick, and pull back any time set by an instance
@@ -127,6 +188,9 @@ class RaftServer:
             s.heartbeat_deadline = now
         if s.quorum_check_deadline > now + c.election_timeout_min:
             s.quorum_check_deadline = now + c.election_timeout_min
+        for p in s.progress.values():
+            if p.last_sent > now:
+                p.last_sent = now
 
     def ready(self) -> Ready:
         """Flush replication and hand over everything produced since the last call."""
@@ -135,12 +199,66 @@ class RaftServer:
                 self.send_append_entries(peer)
             self._to_replicate.clear()
             self._heartbeat_due.clear()
-        if self.state.role is Role.LEADER:
+        s = self.state
+        if s.role is Role.LEADER:
             self.maybe_advance_commit()
-        out = Ready(messages=tuple(self._out), log_changed_from=self._log_changed_from)
+        hard = self._hard_state()
+        committed = None
+        if hard.commit > self._hard.commit:
+            committed = (self._hard.commit + 1, hard.commit)
+        out = Ready(
+            messages=tuple(self._out),
+            changed=self._log_changed_from is not None
+            or bool(self._chunks)
+            or self._fingerprint() != self._mark,
+            hard_state=hard if hard != self._hard else None,
+            log_changed_from=self._log_changed_from,
+            snapshot_chunks=tuple(self._chunks),
+            installed=self._installed,
+            committed=committed,
+        )
         self._out = []
         self._log_changed_from = None
+        self._chunks = []
+        self._installed = None
         return out
+
+    def applied_to(self, index: int) -> None:
+        """The host applied the committed entries up to `index` to its state machine."""
+        self.state.last_applied = index
+
+    def persisted(self) -> None:
+        """The host stored the state as it is now: later Readies report changes since."""
+        self._mark = self._fingerprint()
+        self._hard = self._hard_state()
+
+    def _hard_state(self) -> HardState:
+        s = self.state
+        return HardState(s.current_term, s.voted_for, s.commit_index)
+
+    def _fingerprint(self) -> tuple[Any, ...]:
+        """Everything the host stores, as one comparable value: the log is covered by
+        `_log_changed_from`, so only its bounds are here."""
+        s = self.state
+        return (
+            s.current_term,
+            s.voted_for,
+            s.commit_index,
+            s.last_applied,
+            s.role,
+            s.leader_id,
+            s.election_deadline,
+            s.heartbeat_deadline,
+            s.quorum_check_deadline,
+            s.leader_contact,
+            s.rng,
+            s.log_start,
+            s.log_start_term,
+            s.servers,
+            frozenset(s.votes),
+            tuple((peer, *p.to_json()) for peer, p in s.progress.items()),
+            None if s.incoming is None else tuple(s.incoming.to_json()[:4]),
+        )
 
     # ----------------------------------------------------------------- terms and roles
 
@@ -212,13 +330,8 @@ class RaftServer:
         s.role = Role.LEADER
         s.leader_id = s.server_id
         s.votes = set()
-        for peer in s.peers:
-            # Figure 2: nextIndex starts just past the leader's log, matchIndex at 0.
-            s.next_index[peer] = s.last_index + 1
-            s.match_index[peer] = 0
-            s.inflight[peer] = 0
-        s.probing = set(s.peers)
-        s.recent_active = set()
+        # Figure 2: nextIndex starts just past the leader's log, matchIndex at 0.
+        s.progress = {peer: Progress(next=s.last_index + 1) for peer in s.peers}
         s.quorum_check_deadline = now + self.config.election_timeout_min
         s.heartbeat_deadline = now + self.config.heartbeat_interval
         # §5.4.2 and §8: a leader cannot count replicas of earlier terms' entries, so it
@@ -230,13 +343,7 @@ class RaftServer:
         # Replication scheduled earlier in this batch is void once this server stops leading.
         self._to_replicate.clear()
         self._heartbeat_due.clear()
-        s = self.state
-        s.next_index.clear()
-        s.match_index.clear()
-        s.inflight.clear()
-        s.probing.clear()
-        s.recent_active.clear()
-        s.replicated.clear()
+        self.state.progress = {}
 
     def reset_election_timer(self, now: int) -> None:
         s = self.state
@@ -248,10 +355,12 @@ class RaftServer:
         """Thesis §6.2: a leader that has not heard from a majority within an election
         timeout steps down, so clients can find the real leader."""
         s = self.state
-        if len(s.recent_active) + 1 < s.quorum:
+        active = sum(1 for p in s.progress.values() if p.recent_active)
+        if active + 1 < s.quorum:
             self.become_follower(s.current_term, now)
             return False
-        s.recent_active = set()
+        for p in s.progress.values():
+            p.recent_active = False
         s.quorum_check_deadline = now + self.config.election_timeout_min
         return True
 
@@ -316,35 +425,54 @@ class RaftServer:
 
     # ----------------------------------------------------------------- log replication
 
-    def on_append_entries(self, sender: ServerId, m: AppendEntries, now: int) -> None:
+    def hear_from_leader(self, m: AppendEntries | InstallSnapshot, now: int) -> None:
+        """A message from the leader of the current term: follow it and reset the timer."""
         s = self.state
-        if m.term < s.current_term:
-            # Figure 2, receiver rule 1.
-            self.send(sender, AppendEntriesResponse(s.current_term, s.server_id, False))
-            return
         if s.role is not Role.FOLLOWER:
             # §5.2: a candidate that hears from the leader of its term returns to follower.
             self.become_follower(m.term, now, m.leader_id)
         s.leader_id = m.leader_id
         s.leader_contact = now
         self.reset_election_timer(now)
-        if m.prev_log_index > s.last_index:
+
+    def on_append_entries(self, sender: ServerId, m: AppendEntries, now: int) -> None:
+        s = self.state
+        if m.term < s.current_term:
+            # Figure 2, receiver rule 1.
+            self.send(sender, AppendEntriesResponse(s.current_term, s.server_id, False))
+            return
+        self.hear_from_leader(m, now)
+        prev_index, prev_term, entries = m.prev_log_index, m.prev_log_term, m.entries
+        if prev_index < s.log_start:
+            # The entries up to log_start are compacted: they were committed, so they match
+            # the leader's (Log Matching); skip the ones this message repeats.
+            skip = min(len(entries), s.log_start - prev_index)
+            if skip < s.log_start - prev_index:
+                # Everything in the message is already in the snapshot.
+                self.accept_append(sender, m, s.log_start)
+                return
+            prev_index, prev_term, entries = s.log_start, s.log_start_term, entries[skip:]
+        if prev_index > s.last_index:
             # Receiver rule 2: we lack prevLogIndex entirely.
             self.reject_append(sender, s.last_index + 1, 0)
             return
-        if m.prev_log_index > 0 and s.term_at(m.prev_log_index) != m.prev_log_term:
-            conflict_term = s.term_at(m.prev_log_index)
+        if s.term_at(prev_index) != prev_term:
+            conflict_term = s.term_at(prev_index)
             self.reject_append(
-                sender, self.first_index_of_term(conflict_term, m.prev_log_index), conflict_term
+                sender, self.first_index_of_term(conflict_term, prev_index), conflict_term
             )
             return
-        if not self.merge_entries(m.prev_log_index, m.entries):
+        if not self.merge_entries(prev_index, entries):
             return
-        last_new = m.prev_log_index + len(m.entries)
+        self.accept_append(sender, m, prev_index + len(entries))
+
+    def accept_append(self, sender: ServerId, m: AppendEntries, last_new: int) -> None:
+        s = self.state
         if m.leader_commit > s.commit_index:
             # Receiver rule 5: the index of the last *new* entry, not our last index, since
             # entries past it have not been checked against the leader's log.
             s.commit_index = max(s.commit_index, min(m.leader_commit, last_new))
+            self.drop_stale_incoming()
         self.send(sender, AppendEntriesResponse(s.current_term, s.server_id, True, last_new))
 
     def merge_entries(self, prev_index: int, entries: tuple[Entry, ...]) -> bool:
@@ -369,8 +497,13 @@ class RaftServer:
         return True
 
     def first_index_of_term(self, term: int, index: int) -> int:
-        """The first index of `term`'s run, which holds `index` (terms never decrease)."""
-        return bisect_left(self.state.log, term, hi=index, key=entry_term) + 1
+        """The first index of `term`'s run, which holds `index` (terms never decrease); no
+        earlier than the first index still in the log."""
+        s = self.state
+        if index <= s.log_start:
+            return index
+        position = bisect_left(s.log, term, hi=index - s.log_start, key=entry_term)
+        return s.log_start + position + 1
 
     def reject_append(self, leader: ServerId, conflict_index: int, conflict_term: int) -> None:
         s = self.state
@@ -385,26 +518,30 @@ class RaftServer:
         s = self.state
         if s.role is not Role.LEADER or m.term != s.current_term:
             return
-        s.recent_active.add(sender)
-        s.inflight[sender] = max(0, s.inflight[sender] - 1)
+        p = s.progress[sender]
+        p.recent_active = True
+        p.inflight = max(0, p.inflight - 1)
         if m.success:
             if m.match_index > s.last_index:
                 # Only a newer instance of this leader can have sent entries past our log
                 # (two function instances of one server); that instance's save wins.
                 return
-            if m.match_index > s.match_index[sender]:
-                s.match_index[sender] = m.match_index
-            s.next_index[sender] = max(s.next_index[sender], s.match_index[sender] + 1)
-            s.probing.discard(sender)
+            if m.match_index > p.match:
+                p.match = m.match_index
+            p.next = max(p.next, p.match + 1)
+            if p.mode is Replication.SNAPSHOT and p.match >= p.snapshot_index:
+                p.mode = Replication.PROBE
+            if p.mode is Replication.PROBE and p.next > s.log_start:
+                p.mode = Replication.REPLICATE
             self.maybe_advance_commit()
-        else:
+        elif p.mode is not Replication.SNAPSHOT:
             # Even a rejection that looks stale is acted on (never below matchIndex + 1): the
             # response does not say which AppendEntries it answers, and ignoring a real one
             # after a lost message would leave the follower behind for good.
-            s.next_index[sender] = self.next_index_after_conflict(m, s.match_index[sender])
-            s.probing.add(sender)
-            s.inflight[sender] = 0
-        if s.next_index[sender] <= s.last_index or not m.success:
+            p.next = self.next_index_after_conflict(m, p.match)
+            p.mode = Replication.PROBE
+            p.inflight = 0
+        if p.next <= s.last_index or not m.success:
             self._to_replicate.add(sender)
 
     def next_index_after_conflict(self, m: AppendEntriesResponse, match: int) -> int:
@@ -415,9 +552,9 @@ class RaftServer:
         if m.conflict_term:
             # Terms never decrease along a log, so a binary search finds the last entry of
             # conflict_term (or of the last term before it).
-            index = bisect_right(s.log, m.conflict_term, key=entry_term)
-            if index > 0 and s.term_at(index) == m.conflict_term:
-                target = index + 1
+            position = bisect_right(s.log, m.conflict_term, key=entry_term)
+            if position > 0 and s.log[position - 1].term == m.conflict_term:
+                target = s.log_start + position + 1
         return max(match + 1, min(target, s.last_index + 1))
 
     def maybe_advance_commit(self) -> None:
@@ -426,22 +563,26 @@ class RaftServer:
         s = self.state
         if s.role is not Role.LEADER:
             return
-        matches = sorted([s.last_index, *s.match_index.values()], reverse=True)
+        matches = sorted([s.last_index, *(p.match for p in s.progress.values())], reverse=True)
         candidate = matches[s.quorum - 1]
         if candidate > s.commit_index and s.term_at(candidate) == s.current_term:
             s.commit_index = candidate
 
     def send_append_entries(self, peer: ServerId) -> None:
         """Send one or more AppendEntries to `peer`: one at a time while probing, up to
-        `max_inflight_messages` pipelined once the follower is known to match."""
+        `max_inflight_messages` pipelined once the follower is known to match; a snapshot
+        chunk instead when the entries it needs are compacted away."""
         s = self.state
-        cap = 1 if peer in s.probing else self.config.max_inflight_messages
+        p = s.progress[peer]
+        if p.mode is Replication.SNAPSHOT or p.next <= s.log_start:
+            self.send_snapshot_chunk(peer, p)
+            return
+        probing = p.mode is Replication.PROBE
+        cap = 1 if probing else self.config.max_inflight_messages
         must_send = peer in self._heartbeat_due
-        if not must_send and s.inflight[peer] < cap:
-            s.replicated.add(peer)
-        while s.inflight[peer] < cap or must_send:
+        while p.inflight < cap or must_send:
             must_send = False
-            prev = s.next_index[peer] - 1
+            prev = p.next - 1
             entries = self.entries_from(prev + 1)
             self.send(
                 peer,
@@ -449,12 +590,139 @@ class RaftServer:
                     s.current_term, s.server_id, prev, s.term_at(prev), entries, s.commit_index
                 ),
             )
-            s.inflight[peer] += 1
-            if not entries or peer in s.probing:
+            p.inflight += 1
+            p.last_sent = self._now
+            if not entries or probing:
                 return
-            s.next_index[peer] = prev + len(entries) + 1
-            if s.next_index[peer] > s.last_index:
+            p.next = prev + len(entries) + 1
+            if p.next > s.last_index:
                 return
+
+    def send_snapshot_chunk(self, peer: ServerId, p: Progress) -> None:
+        """Thesis §5.3: the follower needs entries this leader has compacted, so it gets the
+        latest snapshot instead, one chunk at a time (each chunk acknowledged once stored)."""
+        s = self.state
+        snapshot = s.snapshot
+        assert snapshot is not None and snapshot.index >= s.log_start, "compacted w/o snapshot"
+        if p.mode is not Replication.SNAPSHOT or p.snapshot_index != snapshot.index:
+            p.mode = Replication.SNAPSHOT
+            p.snapshot_index, p.snapshot_offset = snapshot.index, 0
+        elif p.inflight and p.last_sent + self.config.heartbeat_interval > self._now:
+            return  # a chunk is in flight; it is resent if unanswered for a heartbeat interval
+        start = p.snapshot_offset
+        end = min(len(snapshot.data), start + self.config.snapshot_chunk_chars)
+        self.send(
+            peer,
+            InstallSnapshot(
+                s.current_term,
+                s.server_id,
+                snapshot.index,
+                snapshot.term,
+                snapshot.servers,
+                start,
+                snapshot.data[start:end],
+                end == len(snapshot.data),
+            ),
+        )
+        p.inflight = 1
+        p.last_sent = self._now
+
+    def on_install_snapshot_response(self, sender: ServerId, m: InstallSnapshotResponse) -> None:
+        s = self.state
+        if s.role is not Role.LEADER or m.term != s.current_term:
+            return
+        if m.last_index > s.last_index:
+            # As for AppendEntries: only a newer instance of this leader sent that snapshot.
+            return
+        p = s.progress[sender]
+        p.recent_active = True
+        if m.done:
+            # The follower holds everything up to last_index (installed, or already committed).
+            p.match = max(p.match, m.last_index)
+            p.next = max(p.next, p.match + 1)
+            if p.mode is Replication.SNAPSHOT:
+                p.mode, p.inflight = Replication.PROBE, 0
+            self.maybe_advance_commit()
+            self._to_replicate.add(sender)
+        elif p.mode is Replication.SNAPSHOT and m.last_index == p.snapshot_index:
+            if m.next_offset == p.snapshot_offset and p.inflight:
+                return  # a repeated answer for the chunk in flight
+            # Where the follower says it is: normally further on; back at 0 if it lost the
+            # transfer (a delayed chunk of another snapshot replaced it). Either way it
+            # converges, since the follower stores each chunk before answering.
+            p.snapshot_offset = m.next_offset
+            p.inflight = 0
+            self._to_replicate.add(sender)
+
+    def on_install_snapshot(self, sender: ServerId, m: InstallSnapshot, now: int) -> None:
+        s = self.state
+        if m.term < s.current_term:
+            self.send(sender, InstallSnapshotResponse(s.current_term, s.server_id, 0, 0, False))
+            return
+        self.hear_from_leader(m, now)
+        if m.last_index <= s.commit_index:
+            # A snapshot older than what this server has committed (Log Matching: the same
+            # entries): nothing to install.
+            self.drop_stale_incoming()
+            self.answer_snapshot(sender, m.last_index, 0, done=True)
+            return
+        incoming = s.incoming
+        key = (m.term, m.last_index, m.last_term)
+        # A first chunk starts a transfer, unless one of a newer snapshot (a later term, or a
+        # later index) is under way: then it is a delayed chunk of an older snapshot.
+        if m.offset == 0 and (incoming is None or incoming.key < key):
+            incoming = s.incoming = IncomingSnapshot(*key, offset=0, servers=m.servers)
+        if incoming is None or incoming.key != key or m.offset != incoming.offset:
+            # A stale, repeated or early chunk: say where this server is.
+            at = incoming.offset if incoming is not None and incoming.key == key else 0
+            self.answer_snapshot(sender, m.last_index, at, done=False)
+            return
+        self._chunks.append(SnapshotChunk(m.last_index, m.last_term, m.offset, m.data))
+        incoming.data += m.data
+        incoming.offset += len(m.data)
+        if m.done:
+            self.install_snapshot(incoming)
+        self.answer_snapshot(sender, m.last_index, incoming.offset, done=m.done)
+
+    def answer_snapshot(self, leader: ServerId, index: int, offset: int, done: bool) -> None:
+        s = self.state
+        self.send(leader, InstallSnapshotResponse(s.current_term, s.server_id, index, offset, done))
+
+    def drop_stale_incoming(self) -> None:
+        s = self.state
+        if s.incoming is not None and s.incoming.index <= s.commit_index:
+            s.incoming = None
+
+    def install_snapshot(self, incoming: IncomingSnapshot) -> None:
+        """§7: keep the log after the snapshot if it agrees at the snapshot's last entry,
+        otherwise discard the whole log; the snapshot replaces the applied state."""
+        s = self.state
+        index, term = incoming.index, incoming.last_term
+        keep_tail = s.log_start <= index <= s.last_index and s.term_at(index) == term
+        old_last = s.last_index
+        s.log = s.log[index - s.log_start :] if keep_tail else []
+        s.log_start, s.log_start_term = index, term
+        if not keep_tail and old_last > index:
+            self.mark_log_changed(index + 1)
+        s.commit_index = max(s.commit_index, index)
+        s.last_applied = max(s.last_applied, index)
+        s.servers = incoming.servers
+        s.incoming = None
+        s.snapshot = Snapshot(index, term, incoming.data, incoming.servers)
+        self._installed = s.snapshot
+
+    def compact(self, snapshot: Snapshot, keep: int = 0) -> None:
+        """The host saved `snapshot` of the applied state: entries up to its index, less the
+        last `keep` (for followers that are only a little behind), leave the log."""
+        s = self.state
+        if snapshot.index > s.last_applied:
+            raise ValueError(f"snapshot at {snapshot.index} is past last_applied {s.last_applied}")
+        s.snapshot = snapshot
+        start = max(s.log_start, snapshot.index - keep)
+        if start > s.log_start:
+            s.log_start_term = s.term_at(start)
+            del s.log[: start - s.log_start]
+            s.log_start = start
 
     def entries_from(self, index: int) -> tuple[Entry, ...]:
         """Entries from `index` on, bounded in count and bytes (at least one if any)."""
@@ -462,8 +730,7 @@ class RaftServer:
         end = min(s.last_index, index - 1 + self.config.max_entries_per_message)
         batch: list[Entry] = []
         size = 0
-        for i in range(index, end + 1):
-            entry = s.log[i - 1]
+        for entry in s.log[index - s.log_start - 1 : end - s.log_start]:
             size += entry.size
             if batch and size > self.config.max_bytes_per_message:
                 break
@@ -512,7 +779,8 @@ class RaftServer:
         self.mark_log_changed(s.last_index)
 
     def truncate(self, index: int) -> None:
-        del self.state.log[index - 1 :]
+        s = self.state
+        del s.log[index - s.log_start - 1 :]
         self.mark_log_changed(index)
 
     def mark_log_changed(self, index: int) -> None:

@@ -1,5 +1,6 @@
-"""A server's state: Figure 2's persistent and volatile state, plus the timers and bookkeeping
-a serverless host must keep between invocations.
+"""A server's state: Figure 2's persistent and volatile state, the leader's replication
+progress per peer, the log with its compacted prefix, and the timers a serverless host keeps
+between invocations.
 
 Everything here is stored by the node handler after every step that changes it, because the
 next message for this server may be handled by another function instance.
@@ -37,14 +38,122 @@ class Config:
     max_inflight_messages: int = 4
     # Uncommitted entries a leader accepts before refusing proposals as overloaded.
     max_uncommitted_entries: int = 4096
+    # Characters of snapshot data per InstallSnapshot chunk: like entry data, at most 8 bytes
+    # each once encoded and escaped, so a chunk fits one Service Bus message.
+    snapshot_chunk_chars: int = 28 * 1024
     pre_vote: bool = True
     check_quorum: bool = True
 
     def __post_init__(self) -> None:
-        if not 0 < self.heartbeat_interval < self.election_timeout_min:
-            raise ValueError("heartbeat_interval must be below election_timeout_min")
+        if self.heartbeat_interval <= 0:
+            raise ValueError("heartbeat_interval must be positive")
+        # A follower hears from the leader at least once per heartbeat interval, plus however
+        # late the host's tick is (at most one more interval when ticks come that often): the
+        # minimum election timeout must exceed both, or a healthy leader is deposed.
+        if self.election_timeout_min <= 2 * self.heartbeat_interval:
+            raise ValueError(
+                "election_timeout_min must exceed twice heartbeat_interval "
+                f"(got {self.election_timeout_min} and {self.heartbeat_interval})"
+            )
         if self.election_timeout_max <= self.election_timeout_min:
             raise ValueError("election_timeout_max must exceed election_timeout_min")
+        if self.snapshot_chunk_chars <= 0 or self.max_inflight_messages <= 0:
+            raise ValueError("snapshot_chunk_chars and max_inflight_messages must be positive")
+
+
+class Replication(StrEnum):
+    """How a leader sends to one follower (etcd's progress states)."""
+
+    # Where the follower's log matches is unknown: one AppendEntries at a time.
+    PROBE = "probe"
+    # The follower matches up to `match`: AppendEntries are pipelined.
+    REPLICATE = "replicate"
+    # The entries the follower needs are compacted away: a snapshot is being sent.
+    SNAPSHOT = "snapshot"
+
+
+@dataclass(slots=True)
+class Progress:
+    """A leader's view of one follower (Figure 2's nextIndex and matchIndex, plus flow
+    control)."""
+
+    next: int
+    match: int = 0
+    mode: Replication = Replication.PROBE
+    # AppendEntries (or snapshot chunks) sent and not yet answered.
+    inflight: int = 0
+    # When the leader last sent this follower anything that resets its election timer.
+    last_sent: int = 0
+    # Heard from since the last check-quorum (thesis §6.2).
+    recent_active: bool = False
+    # While sending a snapshot: its index and the offset of the next chunk to send.
+    snapshot_index: int = 0
+    snapshot_offset: int = 0
+
+    def to_json(self) -> list[Any]:
+        return [
+            self.next,
+            self.match,
+            self.mode.value,
+            self.inflight,
+            self.last_sent,
+            self.recent_active,
+            self.snapshot_index,
+            self.snapshot_offset,
+        ]
+
+    @classmethod
+    def from_json(cls, doc: list[Any]) -> Progress:
+        next_, match, mode, inflight, last_sent, active, snap_index, snap_offset = doc
+        return cls(
+            next_, match, Replication(mode), inflight, last_sent, active, snap_index, snap_offset
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The applied state as of `index` (whose entry had `term`), encoded by the application,
+    and the cluster configuration at that index."""
+
+    index: int
+    term: int
+    data: str
+    servers: tuple[ServerId, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotChunk:
+    """A chunk of a snapshot being received, to be stored before it is acknowledged."""
+
+    index: int
+    term: int
+    offset: int
+    data: str
+
+
+@dataclass(slots=True)
+class IncomingSnapshot:
+    """A snapshot a follower is receiving chunk by chunk. The chunks are stored as they
+    arrive (`data`, like the log, is stored apart from the state dict)."""
+
+    term: int  # the leader's term
+    index: int
+    last_term: int
+    offset: int  # characters received so far
+    servers: tuple[ServerId, ...]
+    data: str = ""
+
+    @property
+    def key(self) -> tuple[int, int, int]:
+        return (self.term, self.index, self.last_term)
+
+    def to_json(self) -> list[Any]:
+        return [self.term, self.index, self.last_term, self.offset, list(self.servers)]
+
+    @classmethod
+    def from_json(cls, doc: list[Any]) -> IncomingSnapshot:
+        term, index, last_term, offset, servers = doc
+        return cls(term, index, last_term, offset, tuple(servers))
 
 
 @dataclass(slots=True)
@@ -56,7 +165,11 @@ class ServerState:
     # Persistent state on all servers (Figure 2).
     current_term: int = 0
     voted_for: ServerId = ""
+    # Entries log_start + 1 .. last_index; those up to log_start are compacted into a
+    # snapshot (thesis ch. 5). log_start_term is the term of the entry at log_start.
     log: list[Entry] = field(default_factory=list)
+    log_start: int = 0
+    log_start_term: int = 0
     # Volatile state on all servers (Figure 2).
     commit_index: int = 0
     last_applied: int = 0
@@ -65,16 +178,12 @@ class ServerState:
     # Votes granted to this server in its current election or pre-election, as a set of voter
     # ids so that a duplicated response is never counted twice.
     votes: set[ServerId] = field(default_factory=set)
-    # Volatile state on leaders (Figure 2), plus flow control: messages in flight per follower,
-    # and followers being probed after a rejection (one message at a time).
-    next_index: dict[ServerId, int] = field(default_factory=dict)
-    match_index: dict[ServerId, int] = field(default_factory=dict)
-    inflight: dict[ServerId, int] = field(default_factory=dict)
-    probing: set[ServerId] = field(default_factory=set)
-    # Check-quorum (thesis §6.2): followers heard from since the last check.
-    recent_active: set[ServerId] = field(default_factory=set)
-    # Followers sent an AppendEntries since the last heartbeat: it served as the heartbeat.
-    replicated: set[ServerId] = field(default_factory=set)
+    # Volatile state on leaders: one Progress per peer.
+    progress: dict[ServerId, Progress] = field(default_factory=dict)
+    # The latest snapshot of the applied state (entries up to log_start are only in it), and
+    # one being received from the leader. Stored apart from the state dict, like the log.
+    snapshot: Snapshot | None = None
+    incoming: IncomingSnapshot | None = None
     # Timers, as absolute times; 0 means "not yet armed".
     election_deadline: int = 0
     heartbeat_deadline: int = 0
@@ -91,16 +200,29 @@ class ServerState:
         return len(self.servers) // 2 + 1
 
     @property
+    def first_index(self) -> int:
+        """The first index still in the log (there may be none)."""
+        return self.log_start + 1
+
+    @property
     def last_index(self) -> int:
-        return len(self.log)
+        return self.log_start + len(self.log)
 
     @property
     def last_term(self) -> int:
-        return self.log[-1].term if self.log else 0
+        return self.log[-1].term if self.log else self.log_start_term
 
     def term_at(self, index: int) -> int:
-        """Term of the entry at `index` (1-based); 0 for index 0."""
-        return self.log[index - 1].term if index > 0 else 0
+        """Term of the entry at `index` (1-based): 0 for index 0, the snapshot's term at
+        log_start. Indexes before log_start are compacted away: callers check first."""
+        if index > self.log_start:
+            return self.log[index - self.log_start - 1].term
+        if index == self.log_start:
+            return self.log_start_term
+        raise IndexError(f"entry {index} is compacted (log starts after {self.log_start})")
+
+    def entry(self, index: int) -> Entry:
+        return self.log[index - self.log_start - 1]
 
 
 SCALARS = (
@@ -114,14 +236,16 @@ SCALARS = (
     "quorum_check_deadline",
     "leader_contact",
     "rng",
+    "log_start",
+    "log_start_term",
 )
 
 
 def state_to_dict(state: ServerState) -> dict[str, Any]:
-    """Everything but the log, as plain JSON values (the log is stored entry by entry).
+    """Everything but the log entries, as plain JSON values (the log is stored entry by entry).
 
     `last_index` is derived, for stores and status pages; `state_from_dict` ignores it.
-    Built on every step (to tell whether anything changed), hence spelled out field by field.
+    Built on every step that saves, hence spelled out field by field.
     """
     return {
         "current_term": state.current_term,
@@ -134,29 +258,33 @@ def state_to_dict(state: ServerState) -> dict[str, Any]:
         "quorum_check_deadline": state.quorum_check_deadline,
         "leader_contact": state.leader_contact,
         "rng": state.rng,
-        "last_index": len(state.log),
+        "log_start": state.log_start,
+        "log_start_term": state.log_start_term,
+        "last_index": state.last_index,
         "role": state.role.value,
         "servers": list(state.servers),
         "votes": sorted(state.votes),
-        "next_index": dict(state.next_index),
-        "match_index": dict(state.match_index),
-        "inflight": dict(state.inflight),
-        "probing": sorted(state.probing),
-        "recent_active": sorted(state.recent_active),
-        "replicated": sorted(state.replicated),
+        "progress": {peer: p.to_json() for peer, p in state.progress.items()},
+        "incoming": None if state.incoming is None else state.incoming.to_json(),
     }
 
 
-def state_from_dict(server_id: ServerId, doc: dict[str, Any], log: list[Entry]) -> ServerState:
+def state_from_dict(
+    server_id: ServerId,
+    doc: dict[str, Any],
+    log: list[Entry],
+    snapshot: Snapshot | None = None,
+    incoming_data: str = "",
+) -> ServerState:
     state = ServerState(server_id=server_id, servers=tuple(doc["servers"]), rng=doc["rng"], log=log)
+    state.snapshot = snapshot
     for name in SCALARS:
         setattr(state, name, doc[name])
     state.role = Role(doc["role"])
     state.votes = set(doc["votes"])
-    state.next_index = dict(doc["next_index"])
-    state.match_index = dict(doc["match_index"])
-    state.inflight = dict(doc["inflight"])
-    state.probing = set(doc["probing"])
-    state.recent_active = set(doc["recent_active"])
-    state.replicated = set(doc["replicated"])
+    state.progress = {peer: Progress.from_json(p) for peer, p in doc["progress"].items()}
+    incoming = doc["incoming"]
+    if incoming is not None:
+        state.incoming = IncomingSnapshot.from_json(incoming)
+        state.incoming.data = incoming_data
     return state

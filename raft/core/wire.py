@@ -24,6 +24,8 @@ from raft.core.messages import (
     ClientStatus,
     Entry,
     Envelope,
+    InstallSnapshot,
+    InstallSnapshotResponse,
     Message,
     RequestVote,
     RequestVoteResponse,
@@ -34,6 +36,8 @@ WIRE_VERSION = 1
 # Service Bus Standard caps a message at 256 KiB; leave room for properties.
 MAX_WIRE_BYTES = 240 * 1024
 MAX_ID_CHARS = 128
+# The most servers a configuration may name (Raft clusters are small; 15 is generous).
+MAX_SERVERS = 15
 
 
 class WireError(ValueError):
@@ -45,6 +49,8 @@ KINDS: dict[str, type] = {
     "request_vote_response": RequestVoteResponse,
     "append_entries": AppendEntries,
     "append_entries_response": AppendEntriesResponse,
+    "install_snapshot": InstallSnapshot,
+    "install_snapshot_response": InstallSnapshotResponse,
     "client_request": ClientRequest,
     "client_response": ClientResponse,
     "tick": Tick,
@@ -52,7 +58,8 @@ KINDS: dict[str, type] = {
 KIND_OF: dict[type, str] = {cls: kind for kind, cls in KINDS.items()}
 
 # Field name -> expected JSON type, per record. "id" is a bounded string, "nat" a
-# non-negative int (never a bool), "str" any string, "bool" a bool.
+# non-negative int (never a bool), "str" any string, "bool" a bool, "ids" a bounded list of
+# ids (a cluster configuration).
 SCHEMAS: dict[type, dict[str, str]] = {
     Entry: {"term": "nat", "client_id": "id", "seq": "nat", "data": "str", "reply_to": "id"},
     RequestVote: {
@@ -78,6 +85,23 @@ SCHEMAS: dict[type, dict[str, str]] = {
         "match_index": "nat",
         "conflict_index": "nat",
         "conflict_term": "nat",
+    },
+    InstallSnapshot: {
+        "term": "nat",
+        "leader_id": "id",
+        "last_index": "nat",
+        "last_term": "nat",
+        "servers": "ids",
+        "offset": "nat",
+        "data": "str",
+        "done": "bool",
+    },
+    InstallSnapshotResponse: {
+        "term": "nat",
+        "follower_id": "id",
+        "last_index": "nat",
+        "next_offset": "nat",
+        "done": "bool",
     },
     ClientRequest: {
         "client_id": "id",
@@ -109,7 +133,7 @@ def to_json_value(record: Any) -> dict[str, Any]:
     for f in fields(record):
         value = getattr(record, f.name)
         if isinstance(value, tuple):
-            value = [to_json_value(e) for e in value]
+            value = [e if isinstance(e, str) else to_json_value(e) for e in value]
         elif isinstance(value, ClientStatus):
             value = value.value
         out[f.name] = value
@@ -187,6 +211,13 @@ def _check(kind: str, value: Any, where: str) -> Any:
             return ClientStatus(value)
         except ValueError:
             raise WireError(f"{where}: unknown status {value!r}") from None
+    if kind == "ids":
+        if not isinstance(value, list) or len(value) > MAX_SERVERS:
+            raise WireError(f"{where} must be a list of at most {MAX_SERVERS} ids")
+        ids = tuple(_check("id", v, f"{where}[{i}]") for i, v in enumerate(value))
+        if not ids or len(set(ids)) != len(ids):
+            raise WireError(f"{where} must name at least one server, each once")
+        return ids
     if kind == "entries":
         if not isinstance(value, list):
             raise WireError(f"{where} must be a list")

@@ -1,14 +1,24 @@
-"""The node handler: load, step, persist (conditionally), publish, apply, record results.
+"""The node handler: load, validate, step, persist (conditionally), publish, apply, record
+results.
 
-Every host calls this: the Functions app for each Service Bus message and timer firing, the
+Every host calls this: the Functions app for each Service Bus batch and timer firing, the
 local runner, and the simulator. Order matters and is the etcd `Ready` discipline: the new
 state (including applied results) is saved in one conditional write *before* any message
 leaves, so a crash at any point either loses the whole step (redelivery repeats it) or loses
 only messages (Raft retransmits them).
 
-The handler keeps the state it last saved, so a warm instance does not reload. If another
-instance saved in between, the conditional save fails; the handler reloads and steps again,
-which is safe because the core is pure.
+The handler keeps the state it last saved or loaded, so a warm instance does not reload. That
+copy may be stale: on Flex Consumption the timer and each server's trigger run on different
+instances, each with its own copy. **No step acts on a copy that was not current**: a step
+that saves is checked by its save (conditional on the version the copy came from; a conflict
+reloads and steps again, which is safe because the core is pure), and a step that saves
+nothing is checked by one point read of the stored version before its messages leave (a
+stale copy is reloaded and the step run again). Either way each step costs one store
+operation, a write or a read, never both (docs/design.md, "Validated caches").
+
+Snapshots: every `snapshot_every` applied entries (more for a large applied state, fewer for
+a log heavy in bytes) the applied state is saved as a snapshot, and the log up to it, less
+`compaction_keep` entries, is compacted in the same save.
 """
 
 from __future__ import annotations
@@ -17,17 +27,16 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from raft.app.kv import KeyValueStore
 from raft.app.sessions import DEFAULT_MAX_SESSIONS, AppliedState, Session
 from raft.app.state_machine import CommandError, StateMachine, command_bytes
 from raft.core.messages import ClientRequest, ClientResponse, ClientStatus, Envelope
 from raft.core.rng import seed_for
-from raft.core.server import RaftServer
-from raft.core.state import Config, Role, ServerState, state_from_dict, state_to_dict
+from raft.core.server import RaftServer, Ready
+from raft.core.state import Config, Role, ServerState, Snapshot, state_from_dict, state_to_dict
 from raft.ports.bus import Bus
-from raft.ports.store import Change, ClientResult, Store, VersionConflict
+from raft.ports.store import Change, ClientResult, Store, StoredServer, VersionConflict
 
 log = logging.getLogger("raft.node")
 
@@ -38,23 +47,22 @@ ServerFactory = Callable[[ServerState, Config], RaftServer]
 UPDATED_AT = "updated_at_ms"
 
 
-def unstamped(state: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in state.items() if k != UPDATED_AT}
-
-
 class ConflictRetriesExhausted(RuntimeError):
     """Too many concurrent saves in a row; the host should let the event be redelivered."""
 
 
 @dataclass
 class _Loaded:
+    """A server's state as of `version`, with its applied state machine."""
+
     version: str | None
     server: RaftServer
     applied: AppliedState
-    saved_state: dict[str, Any] | None
-    stored_last_index: int
-    snapshot_index: int
+    # Since the latest snapshot: its size, and the bytes of the entries applied after it.
     snapshot_chars: int
+    applied_bytes: int
+    # Whether this copy was read from the store in this unit of work (so is current).
+    fresh: bool = True
 
 
 @dataclass(frozen=True)
@@ -63,12 +71,17 @@ class NodeOptions:
     seed: int = 0
     server_factory: ServerFactory = RaftServer
     machine_factory: Callable[[], StateMachine] = KeyValueStore
-    # Save the applied state every this many applied entries, so a cold instance replays at
-    # most this many entries; a large state waits longer (one applied entry per
+    # Snapshot the applied state every this many applied entries, so a cold instance replays
+    # at most this many entries; a large state waits longer (one applied entry per
     # `snapshot_chars_per_entry` characters of the last snapshot), so snapshotting costs a
-    # bounded amount per command however many keys and client sessions it holds.
+    # bounded amount per command however many keys and client sessions it holds; and a log
+    # heavy in bytes sooner (once the entries applied since hold `snapshot_log_bytes`).
     snapshot_every: int = 128
     snapshot_chars_per_entry: int = 256
+    snapshot_log_bytes: int = 4 * 1024 * 1024
+    # Entries kept in the log behind the snapshot, so a follower only a little behind gets
+    # entries instead of the whole snapshot.
+    compaction_keep: int = 64
     max_sessions: int = DEFAULT_MAX_SESSIONS
     # Commands larger than this (UTF-8 bytes) are rejected before they reach the log.
     max_command_bytes: int = 16 * 1024
@@ -132,23 +145,27 @@ class NodeHandler:
                 before = (state.role, state.current_term)
                 direct = action(loaded)
                 ready = server.ready()
-                if loaded.applied.last_applied < state.commit_index:
-                    replies, results = self._apply_committed(loaded)
-                else:
-                    replies, results = [], []
-                new_state = state_to_dict(state)
-                change = self._change(loaded, new_state, ready.log_changed_from, results, now)
-                if change is not None:
+                if ready.installed is not None:
+                    self._install(loaded, ready.installed)
+                applied_from = loaded.applied.last_applied
+                replies, results = self._apply_committed(loaded)
+                snapshot = self._maybe_snapshot(loaded)
+                if ready.changed or loaded.applied.last_applied != applied_from or snapshot:
+                    change = self._change(loaded, ready, results, snapshot, now)
                     try:
                         loaded.version = self.store.save(self.server_id, loaded.version, change)
                     except VersionConflict:
                         log.info("server=%s version conflict; reloading", self.server_id)
+                        self._cached = self._reload(loaded)
                         continue
-                    loaded.saved_state = new_state
-                    loaded.stored_last_index = state.last_index
-                    if change.snapshot is not None:
-                        loaded.snapshot_index = loaded.applied.last_applied
-                        loaded.snapshot_chars = len(change.snapshot)
+                    server.persisted()
+                elif not loaded.fresh and self.store.version(self.server_id) != loaded.version:
+                    # The step saved nothing, so no save checked the copy it ran on: it was
+                    # stale, and whatever it did (or did not do) may be wrong. Step again.
+                    log.info("server=%s cached state is stale; reloading", self.server_id)
+                    self._cached = self._reload(loaded)
+                    continue
+                loaded.fresh = False
                 self._cached = loaded
                 if before != (state.role, state.current_term):
                     self._log_transition(state)
@@ -208,11 +225,15 @@ class NodeHandler:
         return None
 
     def _apply_committed(self, loaded: _Loaded) -> tuple[list[Envelope], list[ClientResult]]:
-        state, applied = loaded.server.state, loaded.applied
+        server, applied = loaded.server, loaded.applied
+        state = server.state
         replies: list[Envelope] = []
         results: list[ClientResult] = []
+        if applied.last_applied >= state.commit_index:
+            return replies, results
         for index in range(applied.last_applied + 1, state.commit_index + 1):
-            entry = state.log[index - 1]
+            entry = state.entry(index)
+            loaded.applied_bytes += entry.size
             session = applied.apply(index, entry)
             if session is None:
                 continue
@@ -234,7 +255,7 @@ class NodeHandler:
             elif state.role is Role.LEADER:
                 reply = self._ok(entry.client_id, session, state.server_id)
                 replies.append(Envelope(self.server_id, entry.reply_to, reply))
-        state.last_applied = applied.last_applied
+        server.applied_to(applied.last_applied)
         return replies, results
 
     @staticmethod
@@ -249,29 +270,51 @@ class NodeHandler:
             leader,
         )
 
+    def _install(self, loaded: _Loaded, snapshot: Snapshot) -> None:
+        """The core installed a snapshot from its leader: the application follows it."""
+        opts = self.options
+        loaded.applied = AppliedState.restore(
+            snapshot.data, opts.machine_factory, opts.max_sessions
+        )
+        loaded.snapshot_chars = len(snapshot.data)
+        loaded.applied_bytes = 0
+
+    def _maybe_snapshot(self, loaded: _Loaded) -> Snapshot | None:
+        """Snapshot the applied state and compact the log behind it, when enough was applied
+        since the last snapshot (by entries, or by bytes)."""
+        opts, applied, server = self.options, loaded.applied, loaded.server
+        state = server.state
+        latest = state.snapshot.index if state.snapshot is not None else 0
+        interval = max(opts.snapshot_every, loaded.snapshot_chars // opts.snapshot_chars_per_entry)
+        since = applied.last_applied - latest
+        if since <= 0 or (since < interval and loaded.applied_bytes < opts.snapshot_log_bytes):
+            return None
+        index = applied.last_applied
+        snapshot = Snapshot(index, state.term_at(index), applied.snapshot(), state.servers)
+        server.compact(snapshot, opts.compaction_keep)
+        loaded.snapshot_chars = len(snapshot.data)
+        loaded.applied_bytes = 0
+        return snapshot
+
     def _change(
         self,
         loaded: _Loaded,
-        new_state: dict[str, Any],
-        log_from: int | None,
+        ready: Ready,
         results: list[ClientResult],
+        snapshot: Snapshot | None,
         now: int,
-    ) -> Change | None:
-        """What to save, or None if nothing changed (`new_state` is the state as it is now)."""
+    ) -> Change:
         state = loaded.server.state
-        snapshot = None
-        opts = self.options
-        interval = max(opts.snapshot_every, loaded.snapshot_chars // opts.snapshot_chars_per_entry)
-        if loaded.applied.last_applied - loaded.snapshot_index >= interval:
-            snapshot = loaded.applied.snapshot()
-        if new_state == loaded.saved_state and log_from is None and not results and not snapshot:
-            return None
+        log_from = ready.log_changed_from
+        if log_from is not None and log_from <= state.log_start:
+            # Compacted in this same step (the entries were applied): store from the start.
+            log_from = state.log_start + 1
         return Change(
-            state={**new_state, UPDATED_AT: now},
+            state={**state_to_dict(state), UPDATED_AT: now},
             log_from=log_from,
-            entries=tuple(state.log[log_from - 1 :]) if log_from is not None else (),
-            stored_last_index=loaded.stored_last_index,
-            snapshot=snapshot,
+            entries=tuple(state.log[log_from - state.log_start - 1 :]) if log_from else (),
+            snapshot=snapshot or ready.installed,
+            snapshot_chunks=ready.snapshot_chunks,
             results=tuple(results),
         )
 
@@ -283,29 +326,47 @@ class NodeHandler:
                 self.server_id, self.servers, rng=seed_for(self.server_id, opts.seed)
             )
             applied = AppliedState(opts.machine_factory(), opts.max_sessions)
-            server = opts.server_factory(state, opts.config)
-            return _Loaded(None, server, applied, None, 0, 0, 0)
-        state = state_from_dict(self.server_id, stored.state, stored.log)
+            return _Loaded(None, opts.server_factory(state, opts.config), applied, 0, 0)
+        return self._restore(stored, None)
+
+    def _reload(self, stale: _Loaded) -> _Loaded:
+        """The current stored state, reusing the stale copy's applied state machine when the
+        entries it lacks are still in the stored log (instead of restoring the snapshot)."""
+        stored = self.store.load(self.server_id)
+        if stored is None:
+            return self._load()
+        return self._restore(stored, stale)
+
+    def _restore(self, stored: StoredServer, stale: _Loaded | None) -> _Loaded:
+        opts = self.options
+        state = state_from_dict(
+            self.server_id, stored.state, stored.log, stored.snapshot, stored.incoming
+        )
         if state.servers != self.servers:
             raise ValueError(
                 f"{self.server_id}: stored cluster {list(state.servers)} differs from the "
                 f"configured {list(self.servers)}; membership changes are not supported"
             )
-        applied = AppliedState.restore(stored.snapshot, opts.machine_factory, opts.max_sessions)
-        snapshot_index = applied.last_applied
-        # Replay what was applied after the last saved snapshot (results were recorded then).
+        snapshot = state.snapshot
+        snapshot_chars = len(snapshot.data) if snapshot is not None else 0
+        if (
+            stale is not None
+            and state.log_start <= stale.applied.last_applied <= state.last_applied
+        ):
+            applied, applied_bytes = stale.applied, stale.applied_bytes
+            snapshot_chars = stale.snapshot_chars
+        elif snapshot is not None:
+            applied = AppliedState.restore(snapshot.data, opts.machine_factory, opts.max_sessions)
+            applied_bytes = 0
+        else:
+            applied, applied_bytes = AppliedState(opts.machine_factory(), opts.max_sessions), 0
+        # Replay what was applied after the snapshot (its results were recorded then).
         for index in range(applied.last_applied + 1, state.last_applied + 1):
-            applied.apply(index, state.log[index - 1])
+            entry = state.entry(index)
+            applied.apply(index, entry)
+            applied_bytes += entry.size
         server = opts.server_factory(state, opts.config)
-        return _Loaded(
-            stored.version,
-            server,
-            applied,
-            unstamped(stored.state),
-            state.last_index,
-            snapshot_index,
-            len(stored.snapshot or ""),
-        )
+        return _Loaded(stored.version, server, applied, snapshot_chars, applied_bytes)
 
     def _log_transition(self, state: ServerState) -> None:
         log.info(

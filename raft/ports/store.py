@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from raft.core.messages import Entry
+from raft.core.state import Snapshot, SnapshotChunk
 
 
 class VersionConflict(Exception):
@@ -37,9 +38,12 @@ class StoredServer:
     version: str
     # The server state without its log, as JSON values (raft.core.state.state_to_dict).
     state: dict[str, Any]
+    # Entries state["log_start"] + 1 .. state["last_index"].
     log: list[Entry]
-    # The applied state (application snapshot and client sessions), if one was saved.
-    snapshot: str | None
+    # The latest snapshot of the applied state (application and client sessions), if any.
+    snapshot: Snapshot | None
+    # The chunks stored so far of the snapshot being received (state["incoming"]), joined.
+    incoming: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,15 +51,17 @@ class Change:
     """One atomic update of a server's stored state.
 
     Log entries at index >= `log_from` are replaced by `entries` (so `entries[0]` has index
-    `log_from`); stored entries past the new end, up to `stored_last_index`, are deleted.
-    `log_from` is None when the log did not change.
+    `log_from`); stored entries past the new end are deleted. `log_from` is None when the log
+    did not change. Entries up to the new `state["log_start"]` are compacted: the store no
+    longer returns them and may delete them. `snapshot`, if set, becomes the latest snapshot;
+    `snapshot_chunks` are appended to the snapshot being received (state["incoming"]).
     """
 
     state: dict[str, Any]
     log_from: int | None = None
     entries: tuple[Entry, ...] = ()
-    stored_last_index: int = 0
-    snapshot: str | None = None
+    snapshot: Snapshot | None = None
+    snapshot_chunks: tuple[SnapshotChunk, ...] = ()
     results: tuple[ClientResult, ...] = ()
 
 
@@ -66,6 +72,9 @@ class Store(Protocol):
     def save(self, server_id: str, expected_version: str | None, change: Change) -> str:
         """Apply `change` if the stored version is `expected_version` (None: not yet stored);
         return the new version. Raises VersionConflict otherwise."""
+
+    def version(self, server_id: str) -> str | None:
+        """The stored version alone (one point read): whether a cached copy is current."""
 
     def read_state(self, server_id: str) -> dict[str, Any] | None:
         """Only the state entity (no log), for status pages."""

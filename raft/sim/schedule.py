@@ -34,6 +34,10 @@ class SimSetup:
     # Snapshot the applied state often, so restoring from a snapshot (every cold load after
     # a crash or on a second instance) is exercised within short schedules.
     snapshot_every: int = 8
+    # Keep few entries behind a snapshot, so lagging or restarted followers need
+    # InstallSnapshot (and its chunks, kept small) within short schedules.
+    compaction_keep: int = 2
+    snapshot_chunk_chars: int = 200
     client_timeout: int = 200
     target: str = PRODUCTION
 
@@ -44,6 +48,7 @@ class SimSetup:
             heartbeat_interval=self.heartbeat_interval,
             max_entries_per_message=self.max_entries_per_message,
             max_inflight_messages=self.max_inflight_messages,
+            snapshot_chunk_chars=self.snapshot_chunk_chars,
         )
 
     def server_ids(self) -> tuple[str, ...]:

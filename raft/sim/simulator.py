@@ -98,6 +98,7 @@ class Simulator:
             config=self.config,
             seed=spec.node_seed,
             snapshot_every=setup.snapshot_every,
+            compaction_keep=setup.compaction_keep,
             server_factory=factory or resolve_target(setup.target),
         )
         # The simulator is the bus (its `publish`) both instances of every server use.

@@ -38,7 +38,7 @@ class CommitsOldTermByCount(RaftServer):
         s = self.state
         if s.role is not Role.LEADER:
             return
-        matches = sorted([s.last_index, *s.match_index.values()], reverse=True)
+        matches = sorted([s.last_index, *(p.match for p in s.progress.values())], reverse=True)
         s.commit_index = max(s.commit_index, matches[s.quorum - 1])
 
 
