@@ -59,13 +59,13 @@ def test_a_bug_exits_1_and_leaves_a_trace_that_replays(
     args = _test_args("--variant", "commit-before-majority", "--json", "--out", str(tmp_path))
     assert cli.run_test(args) == 1
     bug = json.loads(capsys.readouterr().out)["bug"]
-    assert bug["property"] == "durability"
+    assert bug["property"] == "commit-safety"
     assert Path(bug["trace"]).exists() and Path(bug["html"]).exists()
 
     assert cli.run_replay(_replay_args(bug["trace"])) == 0
     out = capsys.readouterr().out
     assert out.startswith("#   1 ")
-    assert f"reproduced durability at step {bug['step']}" in out
+    assert f"reproduced commit-safety at step {bug['step']}" in out
 
 
 def test_a_tampered_trace_does_not_replay(

@@ -24,8 +24,10 @@ class Fault(StrEnum):
     RESTART = "restart"
     PARTITION = "partition"
     HEAL = "heal"
-    # An event handled by the server's second node-handler instance (two function instances).
+    # A message handled by the server's second trigger instance (scaled out, its cache stale).
     RACE = "race"
+    # A function instance replaced by a cold one (no cached state).
+    COLD = "cold_instance"
     # A server's clock jumps (function instances run on machines whose clocks disagree).
     SKEW = "clock_skew"
 
@@ -44,6 +46,7 @@ class FaultPlan:
     heal: float = 0.0
     race: float = 0.0
     skew: float = 0.0
+    cold: float = 0.0
 
     @classmethod
     def default(cls) -> FaultPlan:
@@ -58,6 +61,7 @@ class FaultPlan:
             heal=0.04,
             race=0.05,
             skew=0.02,
+            cold=0.01,
         )
 
     @classmethod

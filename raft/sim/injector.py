@@ -2,9 +2,10 @@
 cluster's current shape rules out set to zero (no crash past a minority, no heal without a
 partition).
 
-Faults of the cluster's shape (crash, restart, partition, heal, clock jump) are carried out
-on the simulator at once; the others (drop, duplicate, delay, racing instance, crash after
-the save) are returned, and apply to the event the strategy chooses next.
+Faults of the cluster's shape (crash, restart, partition, heal, clock jump, an instance
+replaced by a cold one) are carried out on the simulator at once; the others (drop,
+duplicate, delay, racing instance, crash after the save) are returned, and apply to the
+event the strategy chooses next.
 """
 
 from __future__ import annotations
@@ -18,7 +19,19 @@ from raft.sim.strategies import Choices
 from raft.sim.tracer import Tracer
 
 # The draw's outcomes (0: none), in the order of `FaultInjector.rates`.
-CRASH, RESTART, PARTITION, HEAL, SKEW, DROP, DUPLICATE, DELAY, RACE, CRASH_AFTER_SAVE = range(1, 11)
+(
+    CRASH,
+    RESTART,
+    PARTITION,
+    HEAL,
+    SKEW,
+    DROP,
+    DUPLICATE,
+    DELAY,
+    RACE,
+    CRASH_AFTER_SAVE,
+    COLD,
+) = range(1, 12)
 # A clock jump sets a server's offset from virtual time to one of these (ms). Raft's safety
 # must not depend on clocks; skew makes timeouts fire early or late, as Coyote's
 # nondeterministic timers do.
@@ -36,12 +49,15 @@ class Cluster(Protocol):
     coverage: Coverage
     tracer: Tracer
     delay: int
+    # Function instances a `cold_instance` fault may replace.
+    instance_count: int
 
     def crash(self, server: str) -> None: ...
     def restart(self, server: str) -> None: ...
     def partition(self, name: str, pairs: set[tuple[str, str]]) -> None: ...
     def heal(self) -> None: ...
     def set_skew(self, server: str, offset: int) -> None: ...
+    def replace_instance(self, which: int) -> None: ...
     def role_of(self, server: str) -> str: ...
 
 
@@ -74,6 +90,7 @@ class FaultInjector:
                 p.delay,
                 p.race,
                 p.crash_after_save if can_crash else 0.0,
+                p.cold,
             )
         return rates
 
@@ -98,6 +115,8 @@ class FaultInjector:
         elif fault == SKEW:
             server = sim.servers[choices.below(len(sim.servers))]
             sim.set_skew(server, SKEWS[choices.below(len(SKEWS))])
+        elif fault == COLD:
+            sim.replace_instance(choices.below(sim.instance_count))
         elif fault == DELAY:
             # Everything published this step arrives late.
             sim.delay = 25 * (1 + choices.below(16))

@@ -163,6 +163,42 @@ class StateMachineSafety(Monitor):
         return None
 
 
+class CommitSafety(Monitor):
+    """§5.4.3's argument, checked when it is needed rather than when it fails: an entry is
+    committed only once no server without it could be elected, that is, once every server
+    lacking it has a log less up to date (§5.4.1) than the logs of a majority. Leader
+    Completeness then follows for every future leader; a commit that breaks this (Figure 8's)
+    is reported at the commit, not several elections later when a leader overwrites it."""
+
+    name = "commit-safety"
+    trigger = "commit"
+
+    def __init__(self, digests: LogDigests, views: dict[str, PersistedView]) -> None:
+        self.digests = digests
+        self.views = views
+        self.quorum = len(views) // 2 + 1
+        self.checked = 0
+
+    def on_save(self, event: SaveEvent) -> str | None:
+        committed = self.digests.committed
+        index = len(committed)
+        if index <= self.checked:
+            return None
+        self.checked = index
+        ends = {s: (v.log[-1].term if v.log else 0, len(v.log)) for s, v in self.views.items()}
+        for server, digests in self.digests.of.items():
+            if len(digests) >= index and digests[index - 1] == committed[index - 1]:
+                continue
+            # Everyone whose log is no more up to date than `server`'s would vote for it.
+            voters = [s for s, end in ends.items() if end <= ends[server]]
+            if len(voters) >= self.quorum:
+                return (
+                    f"entry {index} was committed, but {server}, which lacks it, could be elected "
+                    f"by {sorted(voters)}, whose logs are no more up to date than its own"
+                )
+        return None
+
+
 class LeaderCompleteness(Monitor):
     """§5.4: a leader's log holds every entry committed in an earlier term. (A leader of a
     stale term elected late need not hold entries committed in later terms.)"""

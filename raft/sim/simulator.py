@@ -1,12 +1,14 @@
-"""One schedule: a whole cluster (two node-handler instances per server over one store),
-simulated clients, the network and the monitors, driven step by step by a `Choices` source.
+"""One schedule: a whole cluster (node handlers on several function instances over one
+store, see `instances.py`), simulated clients, the network and the monitors, driven step by
+step by a `Choices` source.
 
 A step is one event chosen from those that are due: a message delivery, a server's timer
 firing or a client's timer. Virtual time (milliseconds) only moves when the chosen event is
 in the future: when nothing is due, or when a strategy lets time pass with messages in flight.
-Faults happen at step boundaries (crash, restart, partition, heal), at delivery (drop,
-duplicate), at publish (delay) and around the handler call (which instance runs it, and a
-crash after the save that loses the outbox the handler was publishing).
+Faults happen at step boundaries (crash, restart, partition, heal, an instance replaced),
+at delivery (drop, duplicate), at publish (delay) and around the handler call (which trigger
+instance runs it, and a crash after the save that loses the outbox the handler was
+publishing).
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ from typing import Any
 
 from raft.core.messages import ClientResponse, Envelope
 from raft.core.wire import KIND_OF
-from raft.node.handler import NodeHandler, NodeOptions
+from raft.node.handler import NodeOptions
 from raft.sim.clients import ClientProtocolError, SimClient
 from raft.sim.coverage import Coverage
 from raft.sim.faults import Fault, FaultPlan
 from raft.sim.injector import CRASH_AFTER_SAVE, DROP, DUPLICATE, RACE, FaultInjector
+from raft.sim.instances import Instances
 from raft.sim.linearizability import Operation
 from raft.sim.monitors import (
+    CommitSafety,
     Durability,
     ElectionSafety,
     LeaderAppendOnly,
@@ -41,7 +45,7 @@ from raft.sim.schedule import Outcome, ScheduleSpec, SimSetup
 from raft.sim.storage import SaveEvent, WatchedStore
 from raft.sim.strategies import FAIR, Choices, Recorder
 from raft.sim.tracer import Tracer
-from raft.sim.variants import ServerFactory, resolve_target
+from raft.sim.variants import ServerFactory, resolve_handler, resolve_target
 
 NO_FAULTS = FaultPlan()
 MESSAGE_TYPES: tuple[type, ...] = tuple(KIND_OF)
@@ -101,14 +105,12 @@ class Simulator:
             compaction_keep=setup.compaction_keep,
             server_factory=factory or resolve_target(setup.target),
         )
-        # The simulator is the bus (its `publish`) both instances of every server use.
-        self.handlers = {
-            s: (
-                NodeHandler(s, self.servers, self.store, self, options),
-                NodeHandler(s, self.servers, self.store, self, options),
-            )
-            for s in self.servers
-        }
+        # The simulator is the bus (its `publish`) every handler on every instance uses.
+        handler = resolve_handler(setup.target)
+        self.instances = Instances(
+            self.servers, lambda s: handler(s, self.servers, self.store, self, options)
+        )
+        self.instance_count = self.instances.count
         self.timers = {s: Pending(0, 0, TICK, f"{s}:timer", s) for s in self.servers}
         self._timer_items: list[Pending] = []
         keys = tuple("xyzw"[i] if i < 4 else f"k{i}" for i in range(setup.keys))
@@ -139,6 +141,8 @@ class Simulator:
             LeaderAppendOnly(),
             LogMatching(self.digests),
             StateMachineSafety(self.digests),
+            # After StateMachineSafety, which extends the committed log it reads.
+            CommitSafety(self.digests, self.views),
             LeaderCompleteness(self.digests),
         ]
         self.durability = Durability(self.servers, self.views)
@@ -289,12 +293,15 @@ class Simulator:
 
     def _run_server(self, server: str, envelope: Envelope | None) -> None:
         fault = self._fault
-        instance = 1 if fault == RACE else 0
         crash = fault == CRASH_AFTER_SAVE
-        if instance:
-            self.coverage.faults[Fault.RACE] += 1
-            self.tracer.note("second instance")
-        handler = self.handlers[server][instance]
+        if envelope is None:
+            handler = self.instances.for_tick(server)
+        else:
+            scaled_out = fault == RACE
+            if scaled_out:
+                self.coverage.faults[Fault.RACE] += 1
+                self.tracer.note("second trigger instance")
+            handler = self.instances.for_delivery(server, scaled_out)
         self._outbox_lost = crash
         self._saved = False
         local_now = max(1, self.now + self.skew[server])
@@ -410,9 +417,8 @@ class Simulator:
     # ----------------------------------------------------------------- the cluster's shape
 
     def crash(self, server: str) -> None:
-        """The server's instances die: caches and unsent messages are gone, the store is not."""
-        for handler in self.handlers[server]:
-            handler.drop_cache()
+        """The server's handlers die: caches and unsent messages are gone, the store is not."""
+        self.instances.crash(server)
         self.down.add(server)
         self.timers.pop(server, None)
         self._rebuild_timers()
@@ -432,6 +438,11 @@ class Simulator:
         if state:
             self._rearm(server, state)
         self.tracer.note(f"restart {server}")
+
+    def replace_instance(self, which: int) -> None:
+        self.coverage.faults[Fault.COLD] += 1
+        name = self.instances.replace(which)
+        self.tracer.note(f"{name} replaced by a cold one")
 
     def set_skew(self, server: str, offset: int) -> None:
         self.coverage.faults[Fault.SKEW] += 1
