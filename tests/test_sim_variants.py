@@ -29,6 +29,8 @@ BUDGETS: dict[str, tuple[int, int, int]] = {
     "commit-before-majority": (5, 200, 100),  # schedule 0
     "trusts-leader-commit": (5, 200, 100),  # schedule 3
     "stale-cache-steps": (5, 200, 100),  # schedule 7
+    "compacts-past-commit": (5, 200, 100),  # schedule 7
+    "blind-snapshot-chunks": (5, 200, 100),  # schedule 7
 }
 
 

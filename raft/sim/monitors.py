@@ -49,8 +49,9 @@ class LogDigests:
 
 class Monitor:
     """Called after saves that can matter to it: `trigger` is "leader" (the server is a
-    leader after the save), "log" (its log changed) or "commit" (its commit or applied
-    index, or its log, changed). Returns a description of a violation, or None."""
+    leader after the save), "log" (its log changed), "commit" (its commit or applied index,
+    or its log, changed) or "snapshot" (it stored a snapshot or compacted its log). Returns
+    a description of a violation, or None."""
 
     name = "monitor"
     trigger = "log"
@@ -196,6 +197,47 @@ class CommitSafety(Monitor):
                     f"entry {index} was committed, but {server}, which lacks it, could be elected "
                     f"by {sorted(voters)}, whose logs are no more up to date than its own"
                 )
+        return None
+
+
+class SnapshotSafety(Monitor):
+    """Compaction discards only what a snapshot holds, and snapshots agree: a server's log
+    starts no later than its latest snapshot and its commit index (entries compacted are
+    committed and applied); a snapshot, taken or installed, covers only committed entries;
+    and two snapshots at one index are identical (the same term and applied state), which a
+    transfer that lost, repeated or reordered chunks, or resumed after a crash mid-install,
+    would break."""
+
+    name = "snapshot-safety"
+    trigger = "snapshot"
+
+    def __init__(self, servers: tuple[str, ...]) -> None:
+        self.latest = dict.fromkeys(servers, 0)
+        # index -> (term, hash of the data) of the first snapshot seen there.
+        self.seen: dict[int, tuple[int, int]] = {}
+
+    def on_save(self, event: SaveEvent) -> str | None:
+        state, snapshot, server = event.state, event.change.snapshot, event.server
+        commit = state["commit_index"]
+        if snapshot is not None:
+            if snapshot.index > commit:
+                return (
+                    f"{server} stored a snapshot at index {snapshot.index}, past its "
+                    f"commit index {commit}"
+                )
+            digest = (snapshot.term, hash(snapshot.data))
+            if self.seen.setdefault(snapshot.index, digest) != digest:
+                return (
+                    f"{server} stored a snapshot at index {snapshot.index} that differs from "
+                    f"another snapshot at that index"
+                )
+            self.latest[server] = snapshot.index
+        start = state["log_start"]
+        if start > min(commit, self.latest[server]):
+            return (
+                f"{server} compacted its log up to {start}, past its commit index {commit} or "
+                f"its latest snapshot (at {self.latest[server]})"
+            )
         return None
 
 

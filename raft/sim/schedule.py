@@ -34,10 +34,12 @@ class SimSetup:
     # Snapshot the applied state often, so restoring from a snapshot (every cold load after
     # a crash or on a second instance) is exercised within short schedules.
     snapshot_every: int = 8
-    # Keep few entries behind a snapshot, so lagging or restarted followers need
-    # InstallSnapshot (and its chunks, kept small) within short schedules.
-    compaction_keep: int = 2
-    snapshot_chunk_chars: int = 200
+    # Keep one entry behind a snapshot, so lagging or restarted followers need
+    # InstallSnapshot within short schedules; and send it in chunks small enough that a
+    # transfer takes several (a key-value snapshot here is a few hundred characters), so
+    # lost, repeated and reordered chunks and crashes mid-transfer happen.
+    compaction_keep: int = 1
+    snapshot_chunk_chars: int = 64
     client_timeout: int = 200
     target: str = PRODUCTION
 

@@ -37,6 +37,7 @@ from raft.sim.monitors import (
     LogDigests,
     LogMatching,
     Monitor,
+    SnapshotSafety,
     StateMachineSafety,
     Violation,
 )
@@ -144,12 +145,13 @@ class Simulator:
             # After StateMachineSafety, which extends the committed log it reads.
             CommitSafety(self.digests, self.views),
             LeaderCompleteness(self.digests),
+            SnapshotSafety(self.servers),
         ]
         self.durability = Durability(self.servers, self.views)
         self.save_monitors.append(self.durability)
         self._watching = {
             trigger: [m for m in self.save_monitors if m.trigger == trigger]
-            for trigger in ("leader", "log", "commit")
+            for trigger in ("leader", "log", "commit", "snapshot")
         }
         self.linearizability = Linearizability()
         self.liveness = Liveness(setup.liveness_steps)
@@ -482,6 +484,10 @@ class Simulator:
                 or before["last_applied"] != state["last_applied"]
             ):
                 due = due + watching["commit"]
+            if change.snapshot is not None or (
+                before is not None and before["log_start"] != state["log_start"]
+            ):
+                due = due + watching["snapshot"]
             for monitor in due:
                 problem = monitor.on_save(event)
                 if problem:

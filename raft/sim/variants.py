@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from raft.core.messages import AppendEntries, Entry, RequestVote, ServerId
+from raft.core.messages import AppendEntries, Entry, InstallSnapshot, RequestVote, ServerId
 from raft.core.server import RaftServer
-from raft.core.state import Config, Role, ServerState
+from raft.core.state import Config, Role, ServerState, Snapshot
 from raft.node.handler import NodeHandler, NodeOptions
 from raft.ports.bus import Bus
 from raft.ports.store import Change, ClientResult, Store, StoredServer
@@ -107,6 +107,31 @@ class TrustsLeaderCommit(RaftServer):
         )
         if accepted and m.leader_commit > s.commit_index:
             s.commit_index = m.leader_commit
+
+
+class CompactsPastCommit(RaftServer):
+    """Compacts its whole log whenever the host snapshots, entries the snapshot does not hold
+    (not yet applied, or not even committed) included."""
+
+    def compact(self, snapshot: Snapshot, keep: int = 0) -> None:
+        super().compact(snapshot, keep)
+        s = self.state
+        s.log_start, s.log_start_term, s.log = s.last_index, s.last_term, []
+
+
+class AppendsChunksBlindly(RaftServer):
+    """Appends each chunk of the snapshot being received where the transfer has got to,
+    without checking the chunk's offset, so a repeated or reordered chunk corrupts it."""
+
+    def on_install_snapshot(self, sender: ServerId, m: InstallSnapshot, now: int) -> None:
+        incoming = self.state.incoming
+        if (
+            m.offset
+            and incoming is not None
+            and incoming.key == (m.term, m.last_index, m.last_term)
+        ):
+            m = replace(m, offset=incoming.offset)
+        super().on_install_snapshot(sender, m, now)
 
 
 class _TrustingStore:
@@ -234,6 +259,16 @@ VARIANTS: dict[str, Variant] = {
             expect=("state-machine-safety", "handler-exception", "linearizability"),
         ),
         Variant("stale-cache-steps", handler=StepsOnStaleCache, expect=("liveness",)),
+        Variant(
+            "compacts-past-commit",
+            server=CompactsPastCommit,
+            expect=("snapshot-safety", "handler-exception"),
+        ),
+        Variant(
+            "blind-snapshot-chunks",
+            server=AppendsChunksBlindly,
+            expect=("snapshot-safety", "handler-exception"),
+        ),
     )
 }
 
