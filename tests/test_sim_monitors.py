@@ -8,7 +8,14 @@ from typing import Any
 from raft.core.messages import Entry
 from raft.core.state import Snapshot
 from raft.ports.store import Change
-from raft.sim.monitors import CommitSafety, LogDigests, SnapshotSafety, StateMachineSafety
+from raft.sim.monitors import (
+    CommitSafety,
+    Liveness,
+    LogDigests,
+    SnapshotSafety,
+    Stability,
+    StateMachineSafety,
+)
 from raft.sim.storage import PersistedView, SaveEvent
 
 SERVERS = ("s1", "s2", "s3", "s4", "s5")
@@ -81,3 +88,47 @@ def test_figure_8s_commit_of_an_old_term_entry_by_counting_is_reported() -> None
     )
     problem = _commit(digests, views, "s1", 2)
     assert "s5, which lacks it, could be elected" in problem
+
+
+def test_liveness_allows_any_number_of_steps_within_its_virtual_time() -> None:
+    monitor = Liveness(bound_ms=3000)
+    monitor.start(now=1000, step=200)
+    # Many delayed messages falling due at once: a thousand steps in one virtual ms.
+    assert monitor.after_step(now=1001, step=1200, unfinished="no leader was elected") is None
+    assert monitor.after_step(now=4000, step=1201, unfinished="no leader was elected") is None
+
+
+def test_liveness_is_violated_once_its_virtual_time_has_passed() -> None:
+    monitor = Liveness(bound_ms=3000)
+    monitor.start(now=1000, step=200)
+    problem = monitor.after_step(now=4001, step=300, unfinished="s2 had not applied up to 7")
+    assert problem == "s2 had not applied up to 7 3000 virtual ms after faults stopped"
+    assert monitor.after_step(now=4001, step=300, unfinished=None) is None
+
+
+def test_liveness_reports_a_message_storm_that_does_not_let_time_pass() -> None:
+    monitor = Liveness(bound_ms=100, steps_per_ms=10)
+    monitor.start(now=0, step=0)
+    problem = monitor.after_step(now=5, step=1001, unfinished="no leader was elected")
+    assert problem is not None and "message storm" in problem
+
+
+def test_a_new_term_at_rest_breaks_stability() -> None:
+    monitor = Stability([2, 2, 2], "s1", 0, 0, servers=3, window_ms=350, heartbeat_ms=50)
+    assert monitor.after_step([2, 2, 2], "leader") is None
+    problem = monitor.after_step([2, 3, 2], "leader")
+    assert problem is not None and "with no fault and the leader up" in problem
+
+
+def test_a_leader_stepping_down_at_rest_breaks_stability() -> None:
+    monitor = Stability([2, 2, 2], "s1", 0, 0, servers=3, window_ms=350, heartbeat_ms=50)
+    assert monitor.after_step([2, 2, 2], "follower") == "leader s1 became follower with no fault"
+
+
+def test_more_messages_at_rest_than_heartbeats_need_is_a_cost_violation() -> None:
+    # 2 followers, 350 / 50 + 1 intervals: 16 AppendEntries and 16 responses, plus 3 answers
+    # to messages in flight when the window starts.
+    monitor = Stability([2, 2, 2], "s1", 100, 3, servers=3, window_ms=350, heartbeat_ms=50)
+    assert monitor.at_end(100 + 35) is None
+    problem = monitor.at_end(100 + 36)
+    assert problem is not None and "more than the 35" in problem

@@ -28,7 +28,8 @@ BUDGETS: dict[str, tuple[int, int, int]] = {
     "no-step-down": (5, 200, 100),  # schedule 10
     "commit-before-majority": (5, 200, 100),  # schedule 0
     "trusts-leader-commit": (5, 200, 100),  # schedule 3
-    "stale-cache-steps": (5, 200, 100),  # schedule 7
+    "stale-cache-steps": (5, 200, 100),  # schedule 3
+    "follower-never-commits": (5, 200, 100),  # schedule 3
     "compacts-past-commit": (5, 200, 100),  # schedule 7
     "blind-snapshot-chunks": (5, 200, 100),  # schedule 7
 }

@@ -341,23 +341,77 @@ class Linearizability:
 
 
 class Liveness:
-    """Coyote's hot monitor: hot while no server is leader or a client request is pending.
-    In the fair suffix it must cool down within `bound` steps (TigerBeetle's liveness mode)."""
+    """Coyote's hot monitor, judged on virtual time (TigerBeetle's liveness mode): once faults
+    stop and scheduling is fair, the cluster must within `bound_ms` virtual milliseconds have
+    a leader, no pending client request, and every server must have applied everything
+    committed. A step count would not do: when many delayed messages fall due at once,
+    hundreds of steps pass in a few virtual milliseconds. Steps are still capped, at
+    `steps_per_ms` a virtual millisecond, so a schedule is bounded: a correct cluster at rest
+    sends a few messages per heartbeat, so more is a message storm, itself a liveness bug."""
 
     name = "liveness"
 
-    def __init__(self, bound: int) -> None:
-        self.bound = bound
-        self.hot_steps = 0
+    def __init__(self, bound_ms: int, steps_per_ms: int = 10) -> None:
+        self.bound_ms = bound_ms
+        self.max_steps = bound_ms * steps_per_ms
+        self.started = 0
+        self.first_step = 0
 
-    def hot(self, has_leader: bool, pending: int) -> bool:
-        return not has_leader or pending > 0
+    def start(self, now: int, step: int) -> None:
+        self.started, self.first_step = now, step
 
-    def after_step(self, has_leader: bool, pending: int) -> str | None:
-        if not self.hot(has_leader, pending):
+    def after_step(self, now: int, step: int, unfinished: str | None) -> str | None:
+        """`unfinished` says what is still hot, None when the monitor cooled down."""
+        if unfinished is None:
             return None
-        self.hot_steps += 1
-        if self.hot_steps > self.bound:
-            what = "no leader was elected" if not has_leader else f"{pending} requests pending"
-            return f"{self.bound} fair, fault-free steps after faults stopped and {what}"
+        if now - self.started > self.bound_ms:
+            return f"{unfinished} {self.bound_ms} virtual ms after faults stopped"
+        if step - self.first_step > self.max_steps:
+            return (
+                f"{unfinished} after {self.max_steps} fair steps, which covered only "
+                f"{now - self.started} virtual ms: a message storm"
+            )
+        return None
+
+
+class Stability:
+    """Once the cluster has settled after faults stop (see `Liveness`), it is left at rest, the
+    network fault-free and the leader up, for `window_ms`: no server may start a new term
+    and the leader must stay leader (stability), and servers may send one another no more
+    than the heartbeats need, an AppendEntries and its response per follower per heartbeat
+    interval (one more for the interval the window starts in), plus one answer to each
+    message in flight when it starts (cost at rest)."""
+
+    name = "stability"
+    cost = "cost"
+
+    def __init__(
+        self,
+        terms: list[int],
+        leader: str,
+        messages: int,
+        inflight: int,
+        servers: int,
+        window_ms: int,
+        heartbeat_ms: int,
+    ) -> None:
+        self.terms = terms
+        self.leader = leader
+        self.messages = messages
+        self.bound = 2 * (servers - 1) * (window_ms // heartbeat_ms + 1) + inflight
+
+    def after_step(self, terms: list[int], leader_role: str) -> str | None:
+        if terms != self.terms:
+            return f"terms went from {self.terms} to {terms} with no fault and the leader up"
+        if leader_role != "leader":
+            return f"leader {self.leader} became {leader_role} with no fault"
+        return None
+
+    def at_end(self, messages: int) -> str | None:
+        sent = messages - self.messages
+        if sent > self.bound:
+            return (
+                f"servers sent {sent} messages at rest, more than the {self.bound} that "
+                f"heartbeats, their responses and answers to messages in flight need"
+            )
         return None

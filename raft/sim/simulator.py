@@ -38,6 +38,7 @@ from raft.sim.monitors import (
     LogMatching,
     Monitor,
     SnapshotSafety,
+    Stability,
     StateMachineSafety,
     Violation,
 )
@@ -95,6 +96,8 @@ class Simulator:
         self.views = self.store.views
         self._outbox_lost = False
         self._saved = False
+        # Messages servers published to servers (lost ones included).
+        self.server_messages = 0
         self._fault = 0
         # Virtual ms by which messages published during this step are delayed.
         self.delay = 0
@@ -154,7 +157,7 @@ class Simulator:
             for trigger in ("leader", "log", "commit", "snapshot")
         }
         self.linearizability = Linearizability()
-        self.liveness = Liveness(setup.liveness_steps)
+        self.liveness = Liveness(setup.liveness_ms)
         self.tracing = tracing
         self.tracer = Tracer(tracing)
 
@@ -166,12 +169,72 @@ class Simulator:
             self.step()
         if self.violation is None and self.spec.fair_suffix:
             self.stop_faults()
-            while self.violation is None and self.liveness.hot(self.has_leader(), self.pending_ops):
-                self.step()
-                problem = self.liveness.after_step(self.has_leader(), self.pending_ops)
-                if problem:
-                    self.violate(self.liveness.name, problem)
+            self.settle()
+            if self.violation is None:
+                self.rest()
         return self.outcome()
+
+    def settle(self) -> None:
+        """Step (fairly, faults stopped) until the liveness monitor cools down."""
+        self.liveness.start(self.now, self.step_no)
+        while self.violation is None:
+            unfinished = self.unfinished()
+            if unfinished is None:
+                return
+            self.step()
+            problem = self.liveness.after_step(self.now, self.step_no, unfinished)
+            if problem:
+                self.violate(self.liveness.name, problem)
+
+    def rest(self) -> None:
+        """Leave the settled cluster at rest for a while: the stability and cost monitors."""
+        leader = self.leaders()[0]
+        window = self.setup.election_timeout_max + self.setup.heartbeat_interval
+        stability = Stability(
+            self._terms(),
+            leader,
+            self.server_messages,
+            len(self.network.inflight),
+            len(self.servers),
+            window,
+            self.config.heartbeat_interval,
+        )
+        end = self.now + window
+        while self.violation is None and self.next_time() <= end:
+            self.step()
+            problem = stability.after_step(self._terms(), self.role_of(leader))
+            if problem:
+                self.violate(stability.name, problem)
+        problem = stability.at_end(self.server_messages)
+        if problem:
+            self.violate(stability.cost, problem)
+
+    def _terms(self) -> list[int]:
+        return [self.views[s].state.get("current_term", 0) for s in self.servers]
+
+    def next_time(self) -> int:
+        """When the oldest pending event is due (what a fair step runs next)."""
+        return min(
+            item.time for group in (self.network.inflight, self._timer_items) for item in group
+        )
+
+    def unfinished(self) -> str | None:
+        """What keeps the liveness monitor hot, or None: no leader, requests pending, or a
+        server that has not applied everything committed."""
+        if not self.has_leader():
+            return "no leader was elected"
+        if self.pending_ops:
+            return f"{self.pending_ops} client requests still pending"
+        states = [self.views[s].state for s in self.servers]
+        commit = max(state.get("commit_index", 0) for state in states)
+        behind = [
+            s
+            for s, state in zip(self.servers, states, strict=True)
+            if state.get("last_applied", 0) < commit
+        ]
+        if behind:
+            return f"{', '.join(behind)} had not applied up to the commit index {commit}"
+        return None
 
     def outcome(self) -> Outcome:
         recorded = self.recorder.steps if self.recorder is not None else None
@@ -389,8 +452,11 @@ class Simulator:
             return
         role = self.role_of(envelopes[0].sender)
         sent = self.coverage.sent
+        servers = self.server_set
         for envelope in envelopes:
             sent[(role, KIND_OF[type(envelope.message)])] += 1
+            if envelope.to in servers:
+                self.server_messages += 1
             self.enqueue(envelope)
 
     def enqueue(self, envelope: Envelope) -> None:
@@ -527,6 +593,11 @@ class Simulator:
         return any(
             self.views[s].state.get("role") == "leader" for s in self.servers if s not in self.down
         )
+
+    def leaders(self) -> list[str]:
+        """Live servers whose stored role is leader, highest term first."""
+        live = [s for s in self.servers if s not in self.down and self.role_of(s) == "leader"]
+        return sorted(live, key=lambda s: -self.views[s].state["current_term"])
 
     def _server_rows(self) -> dict[str, list[Any]]:
         rows = {}

@@ -109,6 +109,14 @@ class TrustsLeaderCommit(RaftServer):
             s.commit_index = m.leader_commit
 
 
+class FollowerNeverCommits(RaftServer):
+    """A follower never learns the commit index from AppendEntries: it stores every entry
+    and acknowledges it, so commits and safety are unaffected, but applies nothing."""
+
+    def accept_append(self, sender: ServerId, m: AppendEntries, last_new: int) -> None:
+        super().accept_append(sender, replace(m, leader_commit=0), last_new)
+
+
 class CompactsPastCommit(RaftServer):
     """Compacts its whole log whenever the host snapshots, entries the snapshot does not hold
     (not yet applied, or not even committed) included."""
@@ -258,7 +266,8 @@ VARIANTS: dict[str, Variant] = {
             server=TrustsLeaderCommit,
             expect=("state-machine-safety", "handler-exception", "linearizability"),
         ),
-        Variant("stale-cache-steps", handler=StepsOnStaleCache, expect=("liveness",)),
+        Variant("follower-never-commits", server=FollowerNeverCommits, expect=("liveness",)),
+        Variant("stale-cache-steps", handler=StepsOnStaleCache, expect=("liveness", "stability")),
         Variant(
             "compacts-past-commit",
             server=CompactsPastCommit,
