@@ -377,17 +377,18 @@ class Liveness:
 class Stability:
     """Once the cluster has settled after faults stop (see `Liveness`), it is left at rest, the
     network fault-free and the leader up, for `window_ms`: no server may start a new term
-    and the leader must stay leader (stability), and servers may send one another no more
-    than the heartbeats need, an AppendEntries and its response per follower per heartbeat
-    interval (one more for the interval the window starts in), plus one answer to each
-    message in flight when it starts (cost at rest)."""
+    and the leader (of the newest term) must stay leader (stability: servers that lag may
+    catch up with its term, and a stale leader step down); and servers may send one another
+    no more than the heartbeats need, an AppendEntries and its response per follower per
+    heartbeat interval (one more for the interval the window starts in), plus one answer to
+    each message in flight when it starts (cost at rest)."""
 
     name = "stability"
     cost = "cost"
 
     def __init__(
         self,
-        terms: list[int],
+        term: int,
         leader: str,
         messages: int,
         inflight: int,
@@ -395,14 +396,14 @@ class Stability:
         window_ms: int,
         heartbeat_ms: int,
     ) -> None:
-        self.terms = terms
+        self.term = term
         self.leader = leader
         self.messages = messages
         self.bound = 2 * (servers - 1) * (window_ms // heartbeat_ms + 1) + inflight
 
-    def after_step(self, terms: list[int], leader_role: str) -> str | None:
-        if terms != self.terms:
-            return f"terms went from {self.terms} to {terms} with no fault and the leader up"
+    def after_step(self, term: int, leader_role: str) -> str | None:
+        if term != self.term:
+            return f"term {term} started after term {self.term}, with no fault and the leader up"
         if leader_role != "leader":
             return f"leader {self.leader} became {leader_role} with no fault"
         return None

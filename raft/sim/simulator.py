@@ -191,7 +191,7 @@ class Simulator:
         leader = self.leaders()[0]
         window = self.setup.election_timeout_max + self.setup.heartbeat_interval
         stability = Stability(
-            self._terms(),
+            self._newest_term(),
             leader,
             self.server_messages,
             len(self.network.inflight),
@@ -202,15 +202,15 @@ class Simulator:
         end = self.now + window
         while self.violation is None and self.next_time() <= end:
             self.step()
-            problem = stability.after_step(self._terms(), self.role_of(leader))
+            problem = stability.after_step(self._newest_term(), self.role_of(leader))
             if problem:
                 self.violate(stability.name, problem)
         problem = stability.at_end(self.server_messages)
         if problem:
             self.violate(stability.cost, problem)
 
-    def _terms(self) -> list[int]:
-        return [self.views[s].state.get("current_term", 0) for s in self.servers]
+    def _newest_term(self) -> int:
+        return max(self.views[s].state.get("current_term", 0) for s in self.servers)
 
     def next_time(self) -> int:
         """When the oldest pending event is due (what a fair step runs next)."""
