@@ -515,9 +515,14 @@ class Simulator:
     def set_skew(self, server: str, offset: int) -> None:
         self.coverage.faults[Fault.SKEW] += 1
         self.skew[server] = offset
-        state = self.views[server].state
-        if state and server in self.timers:
-            self._rearm(server, state)
+        if server in self.timers:
+            # The periodic timer trigger ticks the server soon, whatever its deadlines say:
+            # then it notices the jump (the core pulls back times set by a clock that ran
+            # ahead). Waiting for a deadline set by the old clock could leave a leader
+            # silent for as long as its clock was ahead.
+            self.seq += 1
+            timer = self.timers[server]
+            timer.time, timer.seq = self.now, self.seq
         self.tracer.note(f"clock of {server} now {offset:+d} ms")
 
     def partition(self, name: str, pairs: set[tuple[str, str]]) -> None:
