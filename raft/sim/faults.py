@@ -15,6 +15,9 @@ from enum import StrEnum
 
 class Fault(StrEnum):
     DROP = "drop"
+    # A server that just became leader crashes as it publishes (its first AppendEntries
+    # lost): leaders that die with entries only they hold (Figure 8's histories).
+    CRASH_NEW_LEADER = "crash_new_leader"
     DUPLICATE = "duplicate"
     DELAY = "delay"
     # Not injected: counted when a strategy delivers a message other than the oldest one.
@@ -34,7 +37,8 @@ class Fault(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class FaultPlan:
-    """Per-step probabilities of each injected fault (at most one fault per step)."""
+    """Per-step probabilities of each injected fault (at most one fault per step), except
+    `crash_new_leader`, drawn each time a server becomes leader."""
 
     drop: float = 0.0
     duplicate: float = 0.0
@@ -47,6 +51,8 @@ class FaultPlan:
     race: float = 0.0
     skew: float = 0.0
     cold: float = 0.0
+    # Per election won, not per step.
+    crash_new_leader: float = 0.0
 
     @classmethod
     def default(cls) -> FaultPlan:
@@ -62,6 +68,7 @@ class FaultPlan:
             race=0.05,
             skew=0.02,
             cold=0.01,
+            crash_new_leader=0.25,
         )
 
     @classmethod

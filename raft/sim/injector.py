@@ -124,6 +124,12 @@ class FaultInjector:
             sim.tracer.note(f"messages sent now are delayed {sim.delay} ms")
         return fault
 
+    def crashes_new_leader(self) -> bool:
+        """Whether a server that just became leader crashes before its messages leave."""
+        sim = self.sim
+        rate = self.plan.crash_new_leader if len(sim.down) < sim.max_down else 0.0
+        return sim.choices.fault((rate,)) == 1
+
     def _pick_server(self, candidates: list[str]) -> str:
         """A server to crash or cut off, a leader half the time: leader changes are where
         Raft's subtle cases are (Jepsen's nemeses target the primary for the same reason)."""

@@ -96,6 +96,8 @@ class Simulator:
         self.views = self.store.views
         self._outbox_lost = False
         self._saved = False
+        # Whether the server being run became leader in this step, and crashes for it.
+        self._elected = self._deposed = False
         # Messages servers published to servers (lost ones included).
         self.server_messages = 0
         self._fault = 0
@@ -220,20 +222,25 @@ class Simulator:
 
     def unfinished(self) -> str | None:
         """What keeps the liveness monitor hot, or None: no leader, requests pending, or a
-        server that has not applied everything committed."""
-        if not self.has_leader():
+        server that has not applied all of the (newest) leader's log, which, faults over,
+        must all commit."""
+        leaders = self.leaders()
+        if not leaders:
             return "no leader was elected"
         if self.pending_ops:
             return f"{self.pending_ops} client requests still pending"
         states = [self.views[s].state for s in self.servers]
-        commit = max(state.get("commit_index", 0) for state in states)
+        end = max(
+            self.views[leaders[0]].state["last_index"],
+            *(state.get("commit_index", 0) for state in states),
+        )
         behind = [
             s
             for s, state in zip(self.servers, states, strict=True)
-            if state.get("last_applied", 0) < commit
+            if state.get("last_applied", 0) < end
         ]
         if behind:
-            return f"{', '.join(behind)} had not applied up to the commit index {commit}"
+            return f"{', '.join(behind)} had not applied the leader's log up to {end}"
         return None
 
     def outcome(self) -> Outcome:
@@ -369,6 +376,7 @@ class Simulator:
             handler = self.instances.for_delivery(server, scaled_out)
         self._outbox_lost = crash
         self._saved = False
+        self._elected = self._deposed = False
         local_now = max(1, self.now + self.skew[server])
         try:
             if envelope is None:
@@ -385,6 +393,10 @@ class Simulator:
         if crash:
             self.coverage.faults[Fault.CRASH_AFTER_SAVE] += 1
             self.tracer.note(f"crash of {server} after its save: outbox lost")
+            self.crash(server)
+        elif self._deposed:
+            self.coverage.faults[Fault.CRASH_NEW_LEADER] += 1
+            self.tracer.note(f"crash of {server}, just elected, before its messages left")
             self.crash(server)
 
     def code(self, kind: int, target: str, sender: str = "", message: type | None = None) -> int:
@@ -449,6 +461,9 @@ class Simulator:
     def publish(self, envelopes: Sequence[Envelope]) -> None:
         """The bus port: a handler publishes its batch (all from its own server)."""
         if self._outbox_lost or not envelopes:
+            return
+        if self._elected and self.injector.active and self.injector.crashes_new_leader():
+            self._deposed = True
             return
         role = self.role_of(envelopes[0].sender)
         sent = self.coverage.sent
@@ -568,6 +583,7 @@ class Simulator:
         previous = before["role"] if before else "follower"
         if role != previous:
             self.coverage.transitions[(previous, role)] += 1
+            self._elected = role == "leader"
         if server in self.timers:
             self._rearm(server, state)
 
@@ -593,11 +609,6 @@ class Simulator:
     def role_of(self, server: str) -> str:
         role: str = self.views[server].state.get("role", "follower")
         return role
-
-    def has_leader(self) -> bool:
-        return any(
-            self.views[s].state.get("role") == "leader" for s in self.servers if s not in self.down
-        )
 
     def leaders(self) -> list[str]:
         """Live servers whose stored role is leader, highest term first."""
