@@ -63,7 +63,7 @@ def test_duplicated_vote_requests_and_responses_never_yield_two_leaders_in_a_ter
         cluster.crash(leader)
         cluster.run_until(lambda c, old=leader, term=term: c.term(c.leader() or old) > term)
         cluster.restart(leader)
-    leaders = cluster.leaders()
+    leaders = cluster.leaders_by_term()
     assert len(leaders) >= 5
     assert len(set(leaders)) == len(leaders)  # one leader per term (the monitor checks too)
 

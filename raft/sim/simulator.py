@@ -90,8 +90,9 @@ class Simulator:
         self.network = Network(self.servers)
         self.down: set[str] = set()
         self.skew = dict.fromkeys(self.servers, 0)
-        # Scenario tests: messages matching this are delivered twice.
-        self.duplicate_filter: Callable[[Envelope], bool] | None = None
+        # Scenario tests' network conditions: for each message sent, the extra delay (ms) of
+        # each copy delivered; () loses it, two copies duplicate it.
+        self.link: Callable[[Envelope], Sequence[int]] | None = None
         self.store = WatchedStore(self.servers, self._on_save)
         self.views = self.store.views
         self._outbox_lost = False
@@ -399,6 +400,12 @@ class Simulator:
             self.tracer.note(f"crash of {server}, just elected, before its messages left")
             self.crash(server)
 
+    def deliver_now(self, server: str, envelope: Envelope) -> None:
+        """Hand `envelope` to the server's trigger instance at once, outside any step (the
+        scenario API's `start`)."""
+        self._fault = 0
+        self._run_server(server, envelope)
+
     def code(self, kind: int, target: str, sender: str = "", message: type | None = None) -> int:
         """The event's identity as a positive int (see `Pending.code`)."""
         actors = len(self._actors) + 1
@@ -476,16 +483,22 @@ class Simulator:
 
     def enqueue(self, envelope: Envelope) -> None:
         to = envelope.to
-        if (envelope.sender, to) in self.network.blocked:
+        if (envelope.sender, to) in self.network.blocked or to not in self._actors:
+            # Cut off, or addressed to no server or client: on the bus, a message no
+            # subscription matches is dropped.
             return
-        if self.duplicate_filter is not None and self.duplicate_filter(envelope):
-            self.coverage.faults[Fault.DUPLICATE] += 1
-            self._enqueue(envelope)
-        self._enqueue(envelope)
+        if self.link is None:
+            self._enqueue(envelope, 0)
+            return
+        delays = self.link(envelope)
+        if len(delays) != 1:
+            self.coverage.faults[Fault.DROP if not delays else Fault.DUPLICATE] += 1
+        for delay in delays:
+            self._enqueue(envelope, delay)
 
-    def _enqueue(self, envelope: Envelope) -> None:
+    def _enqueue(self, envelope: Envelope, extra_delay: int) -> None:
         to = envelope.to
-        time = self.now + self.delay
+        time = self.now + self.delay + extra_delay
         self.seq += 1
         key = (to, envelope.sender, type(envelope.message))
         code = self._codes.get(key)
