@@ -99,6 +99,8 @@ class FaultInjector:
         sim = self.sim
         choices = sim.choices
         fault = choices.fault(self.rates())
+        if not fault:
+            return 0
         if fault == CRASH:
             live = [s for s in sim.servers if s not in sim.down]
             sim.coverage.faults[Fault.CRASH] += 1

@@ -192,7 +192,8 @@ class Simulator:
     def rest(self) -> None:
         """Leave the settled cluster at rest for a while: the stability and cost monitors."""
         leader = self.leaders()[0]
-        window = self.setup.election_timeout_max + self.setup.heartbeat_interval
+        # Long enough for any follower whose timer the heartbeats fail to reset to time out.
+        window = self.setup.election_timeout_max
         stability = Stability(
             self._newest_term(),
             leader,
@@ -214,12 +215,6 @@ class Simulator:
 
     def _newest_term(self) -> int:
         return max(self.views[s].state.get("current_term", 0) for s in self.servers)
-
-    def next_time(self) -> int:
-        """When the oldest pending event is due (what a fair step runs next)."""
-        return min(
-            item.time for group in (self.network.inflight, self._timer_items) for item in group
-        )
 
     def unfinished(self) -> str | None:
         """What keeps the liveness monitor hot, or None: no leader, requests pending, or a
@@ -277,14 +272,18 @@ class Simulator:
         choices.next_step()
         self.delay = 0
         self._fault = self.injector.draw() if self.injector.active else 0
-        items, earliest, due = self._enabled()
-        item = items[choices.event(items, earliest, due, self.step_no)]
+        if choices is FAIR:
+            # The fair suffix: the oldest event, found without listing what is due.
+            item = self._oldest()
+        else:
+            items, earliest, due = self._enabled()
+            item = items[choices.event(items, earliest, due, self.step_no)]
+            head = items[earliest]
+            if item is not head and item.kind == DELIVER and head.kind == DELIVER:
+                self.coverage.faults[Fault.REORDER] += 1
         if item.time > self.now:
             self.now = item.time
         if item.kind == DELIVER:
-            head = items[earliest]
-            if item is not head and head.kind == DELIVER:
-                self.coverage.faults[Fault.REORDER] += 1
             self._deliver(item)
         elif item.kind == TICK:
             if self.tracing:
@@ -297,6 +296,24 @@ class Simulator:
             self.tracer.finish_step(
                 self.step_no, self.now, self.network.partition_name, self._server_rows
             )
+
+    def _oldest(self) -> Pending:
+        """The event with the smallest (time, seq): the oldest due one, else the next."""
+        oldest: Pending | None = None
+        for group in (self.network.inflight, self._timer_items):
+            for item in group:
+                if (
+                    oldest is None
+                    or item.time < oldest.time
+                    or (item.time == oldest.time and item.seq < oldest.seq)
+                ):
+                    oldest = item
+        assert oldest is not None, "every live server has a timer"
+        return oldest
+
+    def next_time(self) -> int:
+        """When the oldest pending event is due (what a fair step runs next)."""
+        return self._oldest().time
 
     def _enabled(self) -> tuple[list[Pending], int, int]:
         """Due events, then the next future one; the index of the oldest due event; and how
