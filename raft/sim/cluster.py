@@ -69,6 +69,7 @@ class SimulatedCluster:
         server_factory: ServerFactory | None = None,
         race: float = 0.0,
         setup: SimSetup | None = None,
+        tracing: bool = False,
     ) -> None:
         self.setup = setup or SimSetup(servers=servers, clients=0)
         spec = ScheduleSpec(
@@ -82,7 +83,12 @@ class SimulatedCluster:
         self._script: deque[dict[str, Any]] = deque()
         strategy = FairStrategy(random.Random(seed), self.setup.max_steps)
         self.sim = Simulator(
-            self.setup, spec, Recorder(strategy), server_factory, scripts=[self._script]
+            self.setup,
+            spec,
+            Recorder(strategy),
+            server_factory,
+            tracing=tracing,
+            scripts=[self._script],
         )
         self._client = self.sim.clients[-1]
         self.servers = self.sim.servers

@@ -281,6 +281,18 @@ class Simulator:
             head = items[earliest]
             if item is not head and item.kind == DELIVER and head.kind == DELIVER:
                 self.coverage.faults[Fault.REORDER] += 1
+        self._execute(item)
+
+    def step_with(self, item: Pending, fault: int = 0) -> None:
+        """One step running `item`, chosen by the caller rather than a strategy, with
+        `fault` (a drop, duplicate, racing instance or crash after the save, as the injector
+        numbers them) applied to it: scripted scenarios."""
+        self.step_no += 1
+        self.delay = 0
+        self._fault = fault
+        self._execute(item)
+
+    def _execute(self, item: Pending) -> None:
         if item.time > self.now:
             self.now = item.time
         if item.kind == DELIVER:
@@ -396,6 +408,7 @@ class Simulator:
         self._saved = False
         self._elected = self._deposed = False
         local_now = max(1, self.now + self.skew[server])
+        loads, conflicts = self.store.loads, self.store.inner.conflicts
         try:
             if envelope is None:
                 handler.tick(local_now)
@@ -405,6 +418,11 @@ class Simulator:
             self.violate("handler-exception", f"{server}: {type(exc).__name__}: {exc}")
         finally:
             self._outbox_lost = False
+        if self.tracing:
+            if self.store.inner.conflicts != conflicts:
+                self.tracer.note("its save conflicted: another instance had saved")
+            if self.store.loads != loads:
+                self.tracer.note("its handler loaded the stored state (cache cold or stale)")
         if envelope is None and not self._saved and server in self.timers:
             timer = self.timers[server]
             timer.time = max(timer.time, self.now + TIMER_PERIOD)

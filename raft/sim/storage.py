@@ -47,8 +47,11 @@ class WatchedStore:
         self.inner = InMemoryStore()
         self.views = {s: PersistedView() for s in servers}
         self.listener = listener
+        # Loads so far: a handler loads when its cache is cold or stale (traces note it).
+        self.loads = 0
 
     def load(self, server_id: str) -> StoredServer | None:
+        self.loads += 1
         return self.inner.load(server_id)
 
     def version(self, server_id: str) -> str | None:
