@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from raft.sim.script import render, run_file
+from raft.sim.script import ScriptError, render, run_file
 
 TESTDATA = Path(__file__).resolve().parent.parent / "testdata"
 SCRIPTS = sorted(TESTDATA.glob("*.txt"))
@@ -29,3 +29,10 @@ def test_the_script_gives_its_golden_output(path: Path) -> None:
         return
     for block, output in zip(blocks, outputs, strict=True):
         assert output == block.expected, f"{path.name}:{block.line}: {block.command}"
+
+
+def test_a_command_the_driver_cannot_carry_out_names_its_line(tmp_path: Path) -> None:
+    script = tmp_path / "bad.txt"
+    script.write_text("cluster servers=3\n----\n\ndeliver to=s9\n----\n", encoding="utf-8")
+    with pytest.raises(ScriptError, match=r"bad.txt:4: no message in flight matches to=s9"):
+        run_file(script)
