@@ -115,3 +115,5 @@ def _apply(record: _Record, change: Change) -> None:
         record.incoming.extend(chunk.data for chunk in change.snapshot_chunks)
     for result in change.results:
         record.results[result.client_id] = result
+    for client_id in change.forget_results:
+        record.results.pop(client_id, None)

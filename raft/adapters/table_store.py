@@ -400,6 +400,10 @@ class TableStore:
             self.drop_cache(server_id)
             raise
         self._remember(server_id, base, replace(plan.meta, etag=etag), change)
+        if change.forget_results:
+            # Not in the save's transaction: deleting a row that is already gone fails one.
+            keys = [result_key(client_id) for client_id in change.forget_results]
+            self._cleanup(server_id, prepared.pk, keys)
         with self._lock:
             self.saves += 1
         return etag

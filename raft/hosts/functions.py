@@ -16,6 +16,7 @@ import azure.functions as func
 from raft.adapters.connections import resolve
 from raft.adapters.poison import LoggingPoisonRecorder, PoisonRecorder, TablePoisonRecorder
 from raft.adapters.servicebus_bus import ServiceBusBus, receive
+from raft.app.sessions import SessionPolicy
 from raft.core.messages import Envelope
 from raft.core.state import Config
 from raft.hosts import settings as names
@@ -39,6 +40,7 @@ def node_options(settings: AppSettings) -> NodeOptions:
             heartbeat_interval=settings.heartbeat_ms,
         ),
         max_command_bytes=settings.max_command_bytes,
+        sessions=SessionPolicy(retention_ms=settings.session_retention_s * 1000),
     )
 
 
@@ -69,6 +71,7 @@ class FunctionsHost:
                 wait_s=settings.http_wait_s,
                 max_uncommitted=options.config.max_uncommitted_entries,
             ),
+            clock=self.clock,
         )
 
     @classmethod

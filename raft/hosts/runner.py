@@ -166,7 +166,7 @@ def submit_all(
     out: TextIO,
 ) -> None:
     # A fresh client id per run: a resumed cluster still holds the sessions of earlier runs.
-    client = RaftClient(bus, servers, f"runner-{uuid.uuid4().hex[:12]}")
+    client = RaftClient(bus, servers, f"runner-{uuid.uuid4().hex[:12]}", cluster.clock)
     for number in range(1, args.requests + 1):
         command = encode({"op": "put", "key": f"key-{number}", "value": f"value-{number}"})
         sent = time.perf_counter()
@@ -205,7 +205,9 @@ def serve(args: argparse.Namespace, store: Store, out: TextIO) -> int:
     servers = server_ids(args.servers)
     bus = InMemoryBus()
     cluster = LocalCluster(servers, store, bus, build_options(args))
-    api = ClusterApi(servers, store, bus, ApiLimits(wait_s=args.request_timeout_s))
+    api = ClusterApi(
+        servers, store, bus, ApiLimits(wait_s=args.request_timeout_s), clock=cluster.clock
+    )
     server = ApiServer(api, args.port)
     worker = threading.Thread(target=cluster.run_forever, name="raft-cluster", daemon=True)
     worker.start()
