@@ -45,7 +45,9 @@ ServerFactory = Callable[[ServerState, Config], RaftServer]
 # Stored with each save (the host clock's `now`, milliseconds) for status pages. It is not
 # server state: a step that changes nothing else does not save just to move it.
 UPDATED_AT = "updated_at_ms"
-# Stored results of expired sessions deleted per save, at most: bounded work per save.
+# Stored results of expired sessions deleted per save, at most: this many plus twice the
+# entries the save applied, so deleting keeps ahead of expiring and the work per save stays
+# bounded by the entries it applies.
 FORGET_RESULTS_PER_SAVE = 16
 
 
@@ -160,7 +162,10 @@ class NodeHandler:
                 replies, results = self._apply_committed(loaded)
                 snapshot = self._maybe_snapshot(loaded)
                 if ready.changed or loaded.applied.last_applied != applied_from or snapshot:
-                    change = self._change(loaded, ready, results, snapshot, now)
+                    forget = FORGET_RESULTS_PER_SAVE + 2 * (
+                        loaded.applied.last_applied - applied_from
+                    )
+                    change = self._change(loaded, ready, results, snapshot, now, forget)
                     try:
                         loaded.version = self.store.save(self.server_id, loaded.version, change)
                     except VersionConflict:
@@ -168,7 +173,7 @@ class NodeHandler:
                         self._cached = self._reload(loaded)
                         continue
                     server.persisted()
-                    del loaded.applied.expired[:FORGET_RESULTS_PER_SAVE]
+                    del loaded.applied.expired[:forget]
                 elif not loaded.fresh and self.store.version(self.server_id) != loaded.version:
                     # The step saved nothing, so no save checked the copy it ran on: it was
                     # stale, and whatever it did (or did not do) may be wrong. Step again.
@@ -325,6 +330,7 @@ class NodeHandler:
         results: list[ClientResult],
         snapshot: Snapshot | None,
         now: int,
+        forget: int,
     ) -> Change:
         state = loaded.server.state
         log_from = ready.log_changed_from
@@ -338,14 +344,14 @@ class NodeHandler:
             snapshot=snapshot or ready.installed,
             snapshot_chunks=ready.snapshot_chunks,
             results=tuple(results),
-            forget_results=self._forgettable(loaded.applied),
+            forget_results=self._forgettable(loaded.applied, forget),
         )
 
     @staticmethod
-    def _forgettable(applied: AppliedState) -> tuple[str, ...]:
+    def _forgettable(applied: AppliedState, count: int) -> tuple[str, ...]:
         """Expired clients whose stored results this save deletes; not one that came back
         (its new session's result is stored under the same key)."""
-        due = applied.expired[:FORGET_RESULTS_PER_SAVE]
+        due = applied.expired[:count]
         return tuple(client_id for client_id in due if client_id not in applied.sessions)
 
     def _load(self) -> _Loaded:
