@@ -334,3 +334,16 @@ def test_results_of_expired_sessions_are_deleted_from_the_store() -> None:
     c.submit(ClientRequest("b", 1, put("y", 1), "b", issued_at=c.now))
     c.advance(500)
     assert all(c.store.read_result(s, "http-1") is None for s in c.handlers)
+
+
+def test_a_quiescent_cluster_saves_and_sends_nothing_between_checks_and_still_commits() -> None:
+    c = ManualCluster(3)
+    c.elect()
+    c.advance(500)  # settles and quiesces
+    assert all(h.state().quiescent for h in c.handlers.values())
+    saves, published = c.store.saves, c.bus.published
+    c.advance(CONFIG.quiesce_interval // 2)
+    assert (c.store.saves, c.bus.published) == (saves, published)
+    (response,) = c.submit(ClientRequest("c", 1, put("k", 1), "c", issued_at=c.now))
+    assert response.status is ClientStatus.OK
+    assert not any(h.state().quiescent for h in c.handlers.values())

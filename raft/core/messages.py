@@ -59,7 +59,8 @@ class RequestVoteResponse:
 
 @dataclass(frozen=True, slots=True)
 class AppendEntries:
-    """AppendEntries RPC (§5.3); with no entries it is a heartbeat."""
+    """AppendEntries RPC (§5.3); with no entries it is a heartbeat. `quiesce`: the leader
+    holds nothing uncommitted and stops heartbeating until it has work or checks again."""
 
     term: int
     leader_id: ServerId
@@ -67,6 +68,7 @@ class AppendEntries:
     prev_log_term: int
     entries: tuple[Entry, ...]
     leader_commit: int
+    quiesce: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -156,8 +156,18 @@ class RaftServer:
         """Send to every follower that has had nothing from this leader for a heartbeat
         interval, so the gap between two messages to a follower never exceeds the interval
         by more than the host's tick is late; the next deadline is when the first follower
-        falls due."""
+        falls due. A settled group is told to quiesce instead, and then only checked."""
         s, interval = self.state, self.config.heartbeat_interval
+        if self.config.quiesce and (s.quiescent or self.settled()):
+            s.quiescent = True
+            for peer, p in s.progress.items():
+                p.inflight = 0
+                self._heartbeat_due.add(peer)
+                self._to_replicate.add(peer)
+            s.heartbeat_deadline = now + self.config.quiesce_interval
+            # The answers to this round must come within the usual time, or it steps down.
+            s.quorum_check_deadline = now + self.config.election_timeout_min
+            return
         for peer, p in s.progress.items():
             if now - p.last_sent >= interval:
                 p.inflight = 0
@@ -174,19 +184,46 @@ class RaftServer:
         ]
         s.heartbeat_deadline = min([now + interval, *due])
 
+    def settled(self) -> bool:
+        """Every follower holds the whole log, all of it committed in this term: nothing is
+        left for heartbeats to carry (the quiesce message itself carries the commit index)."""
+        s = self.state
+        return (
+            s.commit_index == s.last_index
+            and s.term_at(s.last_index) == s.current_term
+            and all(
+                p.match == s.last_index and p.mode is Replication.REPLICATE
+                for p in s.progress.values()
+            )
+        )
+
+    def wake(self, now: int) -> None:
+        """Leave quiescence: a leader heartbeats again at once; a follower's timer is reset
+        by the message that woke it."""
+        s = self.state
+        if not s.quiescent:
+            return
+        s.quiescent = False
+        if s.role is Role.LEADER:
+            s.heartbeat_deadline = now
+            s.quorum_check_deadline = now + self.config.election_timeout_min
+
     def clamp_timers(self, now: int) -> None:
         """Arm the election timer on the first tick, and pull back any time set by an instance
         whose clock ran ahead of this one's: deadlines are absolute times, stored by whichever
         function instance stepped the server last, and a future `leader_contact` would keep
         the leader lease (and so votes) refused for as long as the skew."""
         s, c = self.state, self.config
-        if s.election_deadline == 0 or s.election_deadline > now + c.election_timeout_max:
+        longest = c.election_timeout_max + (c.quiesce_interval if s.quiescent else 0)
+        if s.election_deadline == 0 or s.election_deadline > now + longest:
             self.reset_election_timer(now)
         if s.leader_contact > now:
             s.leader_contact = now
-        if s.heartbeat_deadline > now + c.heartbeat_interval:
+        longest = c.quiesce_interval if s.quiescent else c.heartbeat_interval
+        if s.heartbeat_deadline > now + longest:
             s.heartbeat_deadline = now
-        if s.quorum_check_deadline > now + c.election_timeout_min:
+        longest = (c.quiesce_interval if s.quiescent else 0) + c.election_timeout_min
+        if s.quorum_check_deadline > now + longest:
             s.quorum_check_deadline = now + c.election_timeout_min
         for p in s.progress.values():
             if p.last_sent > now:
@@ -254,6 +291,7 @@ class RaftServer:
             s.rng,
             s.log_start,
             s.log_start_term,
+            s.quiescent,
             s.servers,
             frozenset(s.votes),
             tuple((peer, *p.to_json()) for peer, p in s.progress.items()),
@@ -283,6 +321,8 @@ class RaftServer:
             return False
         if s.role is Role.LEADER:
             return True
+        if s.quiescent and now < s.election_deadline:
+            return True  # the leader said it would stay quiet this long
         return now - s.leader_contact < self.config.election_timeout_min
 
     def become_follower(self, term: int, now: int, leader: ServerId = "") -> None:
@@ -295,6 +335,7 @@ class RaftServer:
         s.role = Role.FOLLOWER
         s.leader_id = leader
         s.votes = set()
+        s.quiescent = False
         self.clear_leader_state()
 
     def become_pre_candidate(self, now: int) -> None:
@@ -330,6 +371,7 @@ class RaftServer:
         s.role = Role.LEADER
         s.leader_id = s.server_id
         s.votes = set()
+        s.quiescent = False
         # Figure 2: nextIndex starts just past the leader's log, matchIndex at 0.
         s.progress = {peer: Progress(next=s.last_index + 1) for peer in s.peers}
         s.quorum_check_deadline = now + self.config.election_timeout_min
@@ -361,7 +403,9 @@ class RaftServer:
             return False
         for p in s.progress.values():
             p.recent_active = False
-        s.quorum_check_deadline = now + self.config.election_timeout_min
+        # A quiescent leader hears from followers only after its next check round.
+        start = s.heartbeat_deadline if s.quiescent else now
+        s.quorum_check_deadline = start + self.config.election_timeout_min
         return True
 
     # ----------------------------------------------------------------- elections
@@ -388,6 +432,8 @@ class RaftServer:
 
     def on_request_vote(self, sender: ServerId, m: RequestVote, now: int) -> None:
         s = self.state
+        if s.role is Role.LEADER:
+            self.wake(now)  # a follower's timer ran out: it may have missed the quiesce
         if m.term < s.current_term or (m.term > s.current_term and not m.pre_vote):
             # Stale, or a higher-term vote ignored under the leader lease.
             granted = False
@@ -433,6 +479,7 @@ class RaftServer:
             self.become_follower(m.term, now, m.leader_id)
         s.leader_id = m.leader_id
         s.leader_contact = now
+        s.quiescent = False
         self.reset_election_timer(now)
 
     def on_append_entries(self, sender: ServerId, m: AppendEntries, now: int) -> None:
@@ -465,6 +512,11 @@ class RaftServer:
         if not self.merge_entries(prev_index, entries):
             return
         self.accept_append(sender, m, prev_index + len(entries))
+        settled = s.commit_index == m.leader_commit == s.last_index == prev_index + len(entries)
+        if m.quiesce and settled:
+            # Settled with the leader: wait for its next check round, not a heartbeat.
+            s.quiescent = True
+            s.election_deadline += self.config.quiesce_interval
 
     def accept_append(self, sender: ServerId, m: AppendEntries, last_new: int) -> None:
         s = self.state
@@ -521,6 +573,8 @@ class RaftServer:
         p = s.progress[sender]
         p.recent_active = True
         p.inflight = max(0, p.inflight - 1)
+        if not m.success or m.match_index < s.last_index:
+            self.wake(self._now)
         if m.success:
             if m.match_index > s.last_index:
                 # Only a newer instance of this leader can have sent entries past our log
@@ -587,7 +641,13 @@ class RaftServer:
             self.send(
                 peer,
                 AppendEntries(
-                    s.current_term, s.server_id, prev, s.term_at(prev), entries, s.commit_index
+                    s.current_term,
+                    s.server_id,
+                    prev,
+                    s.term_at(prev),
+                    entries,
+                    s.commit_index,
+                    s.quiescent,
                 ),
             )
             p.inflight += 1
@@ -751,6 +811,7 @@ class RaftServer:
             if m.reply_to:
                 self.reply(m, ClientStatus.OVERLOADED)
             return
+        self.wake(self._now)
         self.append(
             Entry(s.current_term, m.client_id, m.seq, m.data, m.reply_to, m.issued_at, self._now)
         )

@@ -43,6 +43,12 @@ class Config:
     snapshot_chunk_chars: int = 28 * 1024
     pre_vote: bool = True
     check_quorum: bool = True
+    # Quiescence: once every follower holds and has committed the whole log, the leader says
+    # so and stops heartbeating; it then checks the group only every `quiesce_check_interval`
+    # (0: 200 heartbeat intervals), and quiescent followers wait that long plus an election
+    # timeout before they start an election. Any proposal or vote request wakes the group.
+    quiesce: bool = True
+    quiesce_check_interval: int = 0
 
     def __post_init__(self) -> None:
         if self.heartbeat_interval <= 0:
@@ -57,8 +63,14 @@ class Config:
             )
         if self.election_timeout_max <= self.election_timeout_min:
             raise ValueError("election_timeout_max must exceed election_timeout_min")
+        if self.quiesce and self.quiesce_interval <= self.election_timeout_max:
+            raise ValueError("quiesce_check_interval must exceed election_timeout_max")
         if self.snapshot_chunk_chars <= 0 or self.max_inflight_messages <= 0:
             raise ValueError("snapshot_chunk_chars and max_inflight_messages must be positive")
+
+    @property
+    def quiesce_interval(self) -> int:
+        return self.quiesce_check_interval or 200 * self.heartbeat_interval
 
 
 class Replication(StrEnum):
@@ -190,6 +202,8 @@ class ServerState:
     quorum_check_deadline: int = 0
     # When this server last heard from a current leader (the lease of thesis §4.2.3).
     leader_contact: int = -(1 << 62)
+    # A leader that stopped heartbeating a settled group, or a follower told so by it.
+    quiescent: bool = False
 
     @property
     def peers(self) -> tuple[ServerId, ...]:
@@ -238,6 +252,7 @@ SCALARS = (
     "rng",
     "log_start",
     "log_start_term",
+    "quiescent",
 )
 
 
@@ -260,6 +275,7 @@ def state_to_dict(state: ServerState) -> dict[str, Any]:
         "rng": state.rng,
         "log_start": state.log_start,
         "log_start_term": state.log_start_term,
+        "quiescent": state.quiescent,
         "last_index": state.last_index,
         "role": state.role.value,
         "servers": list(state.servers),

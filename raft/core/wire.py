@@ -85,6 +85,7 @@ SCHEMAS: dict[type, dict[str, str]] = {
         "prev_log_term": "nat",
         "entries": "entries",
         "leader_commit": "nat",
+        "quiesce": "bool",
     },
     AppendEntriesResponse: {
         "term": "nat",
