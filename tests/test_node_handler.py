@@ -290,7 +290,7 @@ def test_redelivery_after_its_session_was_evicted_is_refused_as_expired_not_reap
     c.submit(first)
     c.submit(ClientRequest("b", 1, put("x", "B"), "b", issued_at=c.now))
     for n in range(3):  # other clients push a's and b's sessions out
-        c.submit(ClientRequest(f"other-{n}", 1, get("x"), f"other-{n}", issued_at=c.now))
+        c.submit(ClientRequest(f"other-{n}", 1, put(f"y{n}", n), f"other-{n}", issued_at=c.now))
     (again,) = c.submit(first)  # at-least-once delivery hands over A's message again
     assert again.status is ClientStatus.EXPIRED
     (read,) = c.submit(ClientRequest("c", 1, get("x"), "c", issued_at=c.now + 1))

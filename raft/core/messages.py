@@ -69,6 +69,8 @@ class AppendEntries:
     entries: tuple[Entry, ...]
     leader_commit: int
     quiesce: bool = False
+    # The leader's latest ReadIndex round; the follower echoes it to confirm leadership.
+    read_round: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +88,7 @@ class AppendEntriesResponse:
     match_index: int = 0
     conflict_index: int = 0
     conflict_term: int = 0
+    read_round: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +139,8 @@ class ClientRequest:
     reply_to: str = ""
     hops: int = 0
     issued_at: int = 0
+    # A command that only reads: served by ReadIndex (thesis §6.4) without a log entry.
+    read_only: bool = False
 
 
 class ClientStatus(StrEnum):

@@ -37,6 +37,7 @@ from raft.core.rng import next_random
 from raft.core.state import (
     Config,
     IncomingSnapshot,
+    PendingRead,
     Progress,
     Replication,
     Role,
@@ -78,7 +79,9 @@ class Ready:
     - `snapshot_chunks`: parts of a snapshot being received, to store with the state;
     - `installed`: a snapshot this server installed from its leader: the application must be
       restored from it (and it becomes the stored snapshot);
-    - `committed`: the range of indexes newly known committed, (first, last), or None.
+    - `committed`: the range of indexes newly known committed, (first, last), or None;
+    - `reads`: read-only requests confirmed by a majority (ReadIndex): answer each from the
+      applied state once its index is applied, after saving.
     """
 
     messages: tuple[Envelope, ...]
@@ -88,6 +91,11 @@ class Ready:
     snapshot_chunks: tuple[SnapshotChunk, ...] = ()
     installed: Snapshot | None = None
     committed: tuple[int, int] | None = None
+    reads: tuple[PendingRead, ...] = ()
+
+
+# Read-only requests a leader holds at once; more are refused as overloaded.
+MAX_PENDING_READS = 256
 
 
 class RaftServer:
@@ -101,6 +109,7 @@ class RaftServer:
         self._heartbeat_due: set[ServerId] = set()
         self._chunks: list[SnapshotChunk] = []
         self._installed: Snapshot | None = None
+        self._confirmed: list[PendingRead] = []
         self._mark = self._fingerprint()
         self._hard = self._hard_state()
 
@@ -239,6 +248,7 @@ class RaftServer:
         s = self.state
         if s.role is Role.LEADER:
             self.maybe_advance_commit()
+            self.index_waiting_reads()
         hard = self._hard_state()
         committed = None
         if hard.commit > self._hard.commit:
@@ -253,7 +263,9 @@ class RaftServer:
             snapshot_chunks=tuple(self._chunks),
             installed=self._installed,
             committed=committed,
+            reads=tuple(self._confirmed),
         )
+        self._confirmed = []
         self._out = []
         self._log_changed_from = None
         self._chunks = []
@@ -292,6 +304,8 @@ class RaftServer:
             s.log_start,
             s.log_start_term,
             s.quiescent,
+            s.read_round,
+            tuple(s.reads),
             s.servers,
             frozenset(s.votes),
             tuple((peer, *p.to_json()) for peer, p in s.progress.items()),
@@ -382,10 +396,18 @@ class RaftServer:
         self._to_replicate.update(s.peers)
 
     def clear_leader_state(self) -> None:
-        # Replication scheduled earlier in this batch is void once this server stops leading.
+        # Replication scheduled earlier in this batch is void once this server stops leading,
+        # and so are reads it had not confirmed: their clients ask the new leader.
         self._to_replicate.clear()
         self._heartbeat_due.clear()
-        self.state.progress = {}
+        s = self.state
+        s.progress = {}
+        for read in s.reads:
+            if read.reply_to:
+                self.send(read.reply_to, ClientResponse(read.client_id, read.seq,
+                                                        ClientStatus.NOT_LEADER))  # fmt: skip
+        s.reads = []
+        s.read_round = 0
 
     def reset_election_timer(self, now: int) -> None:
         s = self.state
@@ -501,12 +523,12 @@ class RaftServer:
             prev_index, prev_term, entries = s.log_start, s.log_start_term, entries[skip:]
         if prev_index > s.last_index:
             # Receiver rule 2: we lack prevLogIndex entirely.
-            self.reject_append(sender, s.last_index + 1, 0)
+            self.reject_append(sender, m, s.last_index + 1, 0)
             return
         if s.term_at(prev_index) != prev_term:
             conflict_term = s.term_at(prev_index)
             self.reject_append(
-                sender, self.first_index_of_term(conflict_term, prev_index), conflict_term
+                sender, m, self.first_index_of_term(conflict_term, prev_index), conflict_term
             )
             return
         if not self.merge_entries(prev_index, entries):
@@ -525,7 +547,12 @@ class RaftServer:
             # entries past it have not been checked against the leader's log.
             s.commit_index = max(s.commit_index, min(m.leader_commit, last_new))
             self.drop_stale_incoming()
-        self.send(sender, AppendEntriesResponse(s.current_term, s.server_id, True, last_new))
+        self.send(
+            sender,
+            AppendEntriesResponse(
+                s.current_term, s.server_id, True, last_new, read_round=m.read_round
+            ),
+        )
 
     def merge_entries(self, prev_index: int, entries: tuple[Entry, ...]) -> bool:
         """Receiver rules 3 and 4: skip entries we already have; truncate only at a real
@@ -557,12 +584,15 @@ class RaftServer:
         position = bisect_left(s.log, term, hi=index - s.log_start, key=entry_term)
         return s.log_start + position + 1
 
-    def reject_append(self, leader: ServerId, conflict_index: int, conflict_term: int) -> None:
+    def reject_append(
+        self, leader: ServerId, m: AppendEntries, conflict_index: int, conflict_term: int
+    ) -> None:
+        # A rejection still acknowledges the leader's term, so it confirms its reads too.
         s = self.state
         self.send(
             leader,
             AppendEntriesResponse(
-                s.current_term, s.server_id, False, 0, conflict_index, conflict_term
+                s.current_term, s.server_id, False, 0, conflict_index, conflict_term, m.read_round
             ),
         )
 
@@ -573,6 +603,9 @@ class RaftServer:
         p = s.progress[sender]
         p.recent_active = True
         p.inflight = max(0, p.inflight - 1)
+        if m.read_round > p.read_acked:
+            p.read_acked = m.read_round
+            self.confirm_reads()
         if not m.success or m.match_index < s.last_index:
             self.wake(self._now)
         if m.success:
@@ -648,6 +681,7 @@ class RaftServer:
                     entries,
                     s.commit_index,
                     s.quiescent,
+                    s.read_round,
                 ),
             )
             p.inflight += 1
@@ -801,6 +835,9 @@ class RaftServer:
 
     def on_client_request(self, m: ClientRequest) -> None:
         s = self.state
+        if m.read_only and s.role is Role.LEADER:
+            self.on_read(m)
+            return
         if s.role is not Role.LEADER:
             if s.leader_id and m.hops < MAX_FORWARD_HOPS:
                 self.send(s.leader_id, replace(m, hops=m.hops + 1))
@@ -816,6 +853,43 @@ class RaftServer:
             Entry(s.current_term, m.client_id, m.seq, m.data, m.reply_to, m.issued_at, self._now)
         )
         self._to_replicate.update(s.peers)
+
+    def on_read(self, m: ClientRequest) -> None:
+        """ReadIndex (thesis §6.4): note the commit index, confirm leadership with a round of
+        heartbeats, and answer once a majority acknowledged a round at least that new."""
+        s = self.state
+        if len(s.reads) >= MAX_PENDING_READS:
+            if m.reply_to:
+                self.reply(m, ClientStatus.OVERLOADED)
+            return
+        self.wake(self._now)
+        s.read_round += 1
+        index = s.commit_index if s.term_at(s.commit_index) == s.current_term else 0
+        s.reads.append(PendingRead(m.client_id, m.seq, m.data, m.reply_to, index, s.read_round))
+        for peer in s.peers:
+            s.progress[peer].inflight = 0
+            self._heartbeat_due.add(peer)
+            self._to_replicate.add(peer)
+        self.confirm_reads()
+
+    def index_waiting_reads(self) -> None:
+        """Thesis §6.4: once the leader has committed an entry of its own term its commit
+        index is current; reads that waited for that read at least it."""
+        s = self.state
+        waiting = any(read.index == 0 for read in s.reads)
+        if waiting and s.term_at(s.commit_index) == s.current_term:
+            s.reads = [r if r.index else replace(r, index=s.commit_index) for r in s.reads]
+            self.confirm_reads()
+
+    def confirm_reads(self) -> None:
+        """Hand over the reads whose round a majority (this leader included) acknowledged."""
+        s = self.state
+        acked = sorted([s.read_round, *(p.read_acked for p in s.progress.values())], reverse=True)
+        confirmed = acked[s.quorum - 1]
+        ready = [r for r in s.reads if r.round <= confirmed and r.index]
+        if ready:
+            self._confirmed.extend(ready)
+            s.reads = [r for r in s.reads if not (r.round <= confirmed and r.index)]
 
     def overloaded(self) -> bool:
         """A leader refuses proposals once too many entries wait to commit, so a load past

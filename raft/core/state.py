@@ -98,6 +98,8 @@ class Progress:
     last_sent: int = 0
     # Heard from since the last check-quorum (thesis §6.2).
     recent_active: bool = False
+    # The latest ReadIndex round this follower acknowledged in the leader's term.
+    read_acked: int = 0
     # While sending a snapshot: its index and the offset of the next chunk to send.
     snapshot_index: int = 0
     snapshot_offset: int = 0
@@ -112,14 +114,40 @@ class Progress:
             self.recent_active,
             self.snapshot_index,
             self.snapshot_offset,
+            self.read_acked,
         ]
 
     @classmethod
     def from_json(cls, doc: list[Any]) -> Progress:
-        next_, match, mode, inflight, last_sent, active, snap_index, snap_offset = doc
+        next_, match, mode, inflight, last_sent, active, snap_index, snap_offset, acked = doc
         return cls(
-            next_, match, Replication(mode), inflight, last_sent, active, snap_index, snap_offset
+            next_,
+            match,
+            Replication(mode),
+            inflight,
+            last_sent,
+            active,
+            acked,
+            snap_index,
+            snap_offset,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRead:
+    """A read-only request a leader holds until a majority confirms it still leads (thesis
+    §6.4): answered from the applied state once `index` is applied. `index` is 0 until the
+    leader has committed an entry of its own term (before that its commit index may lag)."""
+
+    client_id: str
+    seq: int
+    data: str
+    reply_to: str
+    index: int
+    round: int
+
+    def to_json(self) -> list[Any]:
+        return [self.client_id, self.seq, self.data, self.reply_to, self.index, self.round]
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +232,9 @@ class ServerState:
     leader_contact: int = -(1 << 62)
     # A leader that stopped heartbeating a settled group, or a follower told so by it.
     quiescent: bool = False
+    # ReadIndex on leaders: the latest confirmation round, and the reads waiting for one.
+    read_round: int = 0
+    reads: list[PendingRead] = field(default_factory=list)
 
     @property
     def peers(self) -> tuple[ServerId, ...]:
@@ -253,6 +284,7 @@ SCALARS = (
     "log_start",
     "log_start_term",
     "quiescent",
+    "read_round",
 )
 
 
@@ -276,6 +308,8 @@ def state_to_dict(state: ServerState) -> dict[str, Any]:
         "log_start": state.log_start,
         "log_start_term": state.log_start_term,
         "quiescent": state.quiescent,
+        "read_round": state.read_round,
+        "reads": [read.to_json() for read in state.reads],
         "last_index": state.last_index,
         "role": state.role.value,
         "servers": list(state.servers),
@@ -298,6 +332,7 @@ def state_from_dict(
         setattr(state, name, doc[name])
     state.role = Role(doc["role"])
     state.votes = set(doc["votes"])
+    state.reads = [PendingRead(*read) for read in doc["reads"]]
     state.progress = {peer: Progress.from_json(p) for peer, p in doc["progress"].items()}
     incoming = doc["incoming"]
     if incoming is not None:

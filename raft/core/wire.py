@@ -86,6 +86,7 @@ SCHEMAS: dict[type, dict[str, str]] = {
         "entries": "entries",
         "leader_commit": "nat",
         "quiesce": "bool",
+        "read_round": "nat",
     },
     AppendEntriesResponse: {
         "term": "nat",
@@ -94,6 +95,7 @@ SCHEMAS: dict[type, dict[str, str]] = {
         "match_index": "nat",
         "conflict_index": "nat",
         "conflict_term": "nat",
+        "read_round": "nat",
     },
     InstallSnapshot: {
         "term": "nat",
@@ -119,6 +121,7 @@ SCHEMAS: dict[type, dict[str, str]] = {
         "reply_to": "id",
         "hops": "nat",
         "issued_at": "nat",
+        "read_only": "bool",
     },
     ClientResponse: {
         "client_id": "id",

@@ -81,6 +81,7 @@ class ClusterApi:
         sleep: Callable[[float], None] = time.sleep,
         validate: Callable[[str], None] | None = None,
         clock: Clock | None = None,
+        is_read_only: Callable[[str], bool] | None = None,
     ) -> None:
         self.servers = list(servers)
         self.store = store
@@ -91,6 +92,8 @@ class ClusterApi:
         self.clock = clock or WallClock()
         # The application's own check, so a malformed command is a 400, not a log entry.
         self.validate = validate or KeyValueStore().validate
+        # Read-only commands are answered by ReadIndex: no log entry, the answer in a slot.
+        self.is_read_only = is_read_only or KeyValueStore().is_read_only
 
     # ----------------------------------------------------------------- routes
 
@@ -183,7 +186,10 @@ class ClusterApi:
         if leader is None:
             return error(503, "no leader is known; retry shortly", **{"Retry-After": RETRY_AFTER_S})
         leader_id, state = leader
-        known = self.store.read_result(leader_id, client_id)
+        read_only = self.is_read_only(data)
+        # A write's result stays under its request id; a read is simply asked again.
+        answer = self.store.read_answer if read_only else self.store.read_result
+        known = None if read_only else answer(leader_id, client_id)
         if known is not None:
             return self.committed(request_id, known)
         if state.get("last_index", 0) - state.get("commit_index", 0) >= self.limits.max_uncommitted:
@@ -192,7 +198,9 @@ class ClusterApi:
                 "overloaded: too many commands waiting to commit",
                 **{"Retry-After": RETRY_AFTER_S},
             )
-        request = ClientRequest(client_id, 1, data, issued_at=self.clock.now_ms())
+        request = ClientRequest(
+            client_id, 1, data, issued_at=self.clock.now_ms(), read_only=read_only
+        )
         log.info("request=%s client=%s leader=%s submitted", request_id, client_id, leader_id)
         self.bus.publish([Envelope(client_id, leader_id, request)])
         deadline = time.monotonic() + self.limits.wait_s
@@ -201,7 +209,7 @@ class ClusterApi:
         while time.monotonic() < deadline:
             self.sleep(poll)
             poll = min(self.limits.max_poll_s, poll * 1.5)
-            found = self.store.read_result(leader_id, client_id)
+            found = answer(leader_id, client_id)
             if found is not None:
                 log.info(
                     "request=%s committed index=%d term=%d", request_id, found.index, found.term
@@ -213,7 +221,7 @@ class ClusterApi:
                 if current is not None and current[0] != leader_id:
                     leader_id = current[0]
                     # The new leader may have applied it already: never send it twice then.
-                    found = self.store.read_result(leader_id, client_id)
+                    found = answer(leader_id, client_id)
                     if found is not None:
                         return self.committed(request_id, found)
                 self.bus.publish([Envelope(client_id, leader_id, request)])
