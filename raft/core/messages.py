@@ -47,6 +47,8 @@ class RequestVote:
     last_log_index: int
     last_log_term: int
     pre_vote: bool = False
+    # Sent on the leader's TimeoutNow (thesis §3.10): receivers set their leader lease aside.
+    transfer: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +174,23 @@ class Tick:
     now: int
 
 
+@dataclass(frozen=True, slots=True)
+class TimeoutNow:
+    """Leadership transfer (thesis §3.10): the leader tells a caught-up follower to start an
+    election at once."""
+
+    term: int
+    leader_id: ServerId
+
+
+@dataclass(frozen=True, slots=True)
+class TransferLeadership:
+    """From an operator to the leader: hand leadership to `target` (within an election
+    timeout, or not at all)."""
+
+    target: ServerId
+
+
 Message = (
     RequestVote
     | RequestVoteResponse
@@ -181,6 +200,8 @@ Message = (
     | InstallSnapshotResponse
     | ClientRequest
     | ClientResponse
+    | TimeoutNow
+    | TransferLeadership
 )
 
 

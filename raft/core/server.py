@@ -32,6 +32,8 @@ from raft.core.messages import (
     RequestVote,
     RequestVoteResponse,
     ServerId,
+    TimeoutNow,
+    TransferLeadership,
 )
 from raft.core.rng import next_random
 from raft.core.state import (
@@ -122,6 +124,9 @@ class RaftServer:
         if isinstance(m, ClientRequest):
             self.on_client_request(m)
             return
+        if isinstance(m, TransferLeadership):
+            self.on_transfer_leadership(m, now)
+            return
         if isinstance(m, ClientResponse):
             return
         sender = envelope.sender
@@ -141,6 +146,8 @@ class RaftServer:
             self.on_append_entries_response(sender, m)
         elif isinstance(m, InstallSnapshot):
             self.on_install_snapshot(sender, m, now)
+        elif isinstance(m, TimeoutNow):
+            self.on_timeout_now(m, now)
         else:
             self.on_install_snapshot_response(sender, m)
 
@@ -150,6 +157,8 @@ class RaftServer:
         s = self.state
         self.clamp_timers(now)
         if s.role is Role.LEADER:
+            if s.transfer_to and now >= s.transfer_deadline:
+                s.transfer_to = ""  # the target did not take over in time: lead on
             quorum_due = self.config.check_quorum and now >= s.quorum_check_deadline
             if quorum_due and not self.check_quorum(now):
                 return
@@ -306,6 +315,8 @@ class RaftServer:
             s.quiescent,
             s.read_round,
             tuple(s.reads),
+            s.transfer_to,
+            s.transfer_deadline,
             s.servers,
             frozenset(s.votes),
             tuple((peer, *p.to_json()) for peer, p in s.progress.items()),
@@ -324,7 +335,7 @@ class RaftServer:
         partitioned away cannot depose a healthy leader.
         """
         if isinstance(m, RequestVote):
-            return not m.pre_vote and not self.in_leader_lease(now)
+            return not m.pre_vote and (m.transfer or not self.in_leader_lease(now))
         if isinstance(m, RequestVoteResponse) and m.pre_vote:
             return not m.granted
         return True
@@ -365,7 +376,7 @@ class RaftServer:
             return
         self.broadcast_vote_request(s.current_term + 1, pre_vote=True)
 
-    def become_candidate(self, now: int) -> None:
+    def become_candidate(self, now: int, transfer: bool = False) -> None:
         """§5.2: increment currentTerm, vote for self, reset the timer, request votes."""
         s = self.state
         s.current_term += 1
@@ -378,7 +389,7 @@ class RaftServer:
         if len(s.votes) >= s.quorum:
             self.become_leader(now)
             return
-        self.broadcast_vote_request(s.current_term, pre_vote=False)
+        self.broadcast_vote_request(s.current_term, pre_vote=False, transfer=transfer)
 
     def become_leader(self, now: int) -> None:
         s = self.state
@@ -402,6 +413,7 @@ class RaftServer:
         self._heartbeat_due.clear()
         s = self.state
         s.progress = {}
+        s.transfer_to = ""
         for read in s.reads:
             if read.reply_to:
                 self.send(read.reply_to, ClientResponse(read.client_id, read.seq,
@@ -432,10 +444,13 @@ class RaftServer:
 
     # ----------------------------------------------------------------- elections
 
-    def broadcast_vote_request(self, term: int, pre_vote: bool) -> None:
+    def broadcast_vote_request(self, term: int, pre_vote: bool, transfer: bool = False) -> None:
         s = self.state
         for peer in s.peers:
-            self.send(peer, RequestVote(term, s.server_id, s.last_index, s.last_term, pre_vote))
+            self.send(
+                peer,
+                RequestVote(term, s.server_id, s.last_index, s.last_term, pre_vote, transfer),
+            )
 
     def log_is_up_to_date(self, last_log_term: int, last_log_index: int) -> bool:
         """§5.4.1: compare the terms of the last entries first; if equal, the longer log."""
@@ -615,6 +630,8 @@ class RaftServer:
                 return
             if m.match_index > p.match:
                 p.match = m.match_index
+            if sender == s.transfer_to and p.match == s.last_index:
+                self.send(sender, TimeoutNow(s.current_term, s.server_id))
             p.next = max(p.next, p.match + 1)
             if p.mode is Replication.SNAPSHOT and p.match >= p.snapshot_index:
                 p.mode = Replication.PROBE
@@ -844,7 +861,8 @@ class RaftServer:
             elif m.reply_to:
                 self.reply(m, ClientStatus.NOT_LEADER)
             return
-        if self.overloaded():
+        if self.overloaded() or s.transfer_to:
+            # Thesis §3.10: no proposals while handing over, so the target stays caught up.
             if m.reply_to:
                 self.reply(m, ClientStatus.OVERLOADED)
             return
@@ -853,6 +871,25 @@ class RaftServer:
             Entry(s.current_term, m.client_id, m.seq, m.data, m.reply_to, m.issued_at, self._now)
         )
         self._to_replicate.update(s.peers)
+
+    def on_transfer_leadership(self, m: TransferLeadership, now: int) -> None:
+        """Thesis §3.10: bring the target up to date, then tell it to campaign at once; give
+        up after an election timeout (the target may be down or partitioned)."""
+        s = self.state
+        if s.role is not Role.LEADER or m.target not in s.peers:
+            return
+        self.wake(now)
+        s.transfer_to = m.target
+        s.transfer_deadline = now + self.config.election_timeout_max
+        if s.progress[m.target].match == s.last_index:
+            self.send(m.target, TimeoutNow(s.current_term, s.server_id))
+        else:
+            self._to_replicate.add(m.target)
+
+    def on_timeout_now(self, m: TimeoutNow, now: int) -> None:
+        s = self.state
+        if m.term == s.current_term and m.leader_id == s.leader_id and s.role is Role.FOLLOWER:
+            self.become_candidate(now, transfer=True)
 
     def on_read(self, m: ClientRequest) -> None:
         """ReadIndex (thesis §6.4): note the commit index, confirm leadership with a round of

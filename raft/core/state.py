@@ -235,6 +235,9 @@ class ServerState:
     # ReadIndex on leaders: the latest confirmation round, and the reads waiting for one.
     read_round: int = 0
     reads: list[PendingRead] = field(default_factory=list)
+    # Leadership transfer in progress (thesis §3.10): to whom, and until when.
+    transfer_to: ServerId = ""
+    transfer_deadline: int = 0
 
     @property
     def peers(self) -> tuple[ServerId, ...]:
@@ -285,6 +288,8 @@ SCALARS = (
     "log_start_term",
     "quiescent",
     "read_round",
+    "transfer_to",
+    "transfer_deadline",
 )
 
 
@@ -309,6 +314,8 @@ def state_to_dict(state: ServerState) -> dict[str, Any]:
         "log_start_term": state.log_start_term,
         "quiescent": state.quiescent,
         "read_round": state.read_round,
+        "transfer_to": state.transfer_to,
+        "transfer_deadline": state.transfer_deadline,
         "reads": [read.to_json() for read in state.reads],
         "last_index": state.last_index,
         "role": state.role.value,

@@ -137,6 +137,9 @@ class FunctionsHost:
     def get_cluster(self, req: func.HttpRequest) -> func.HttpResponse:
         return to_http(self.api.get_cluster())
 
+    def post_leader(self, req: func.HttpRequest) -> func.HttpResponse:
+        return to_http(self.api.post_leader(req.get_body()))
+
 
 def to_http(response: ApiResponse) -> func.HttpResponse:
     return func.HttpResponse(

@@ -2,8 +2,9 @@
 requests here.
 
     POST /api/commands            submit a command; wait for its committed result
+    POST /api/cluster/leader      move leadership to {"server": id}; wait until it leads
     GET  /api/commands/{id}       the outcome of an earlier submission
-    GET  /api/kv/{key}            linearizable read (a get through the log)
+    GET  /api/kv/{key}            linearizable read (ReadIndex: no log entry)
     GET  /api/cluster             each server's role, term, commit and last index, leader
 
 A command is sent to the leader with no reply address (`reply_to` empty): every server records
@@ -26,7 +27,7 @@ from typing import Any
 
 from raft.app.kv import KeyValueStore, encode
 from raft.app.state_machine import CommandError, command_bytes
-from raft.core.messages import ClientRequest, Envelope
+from raft.core.messages import ClientRequest, Envelope, TransferLeadership
 from raft.node.handler import UPDATED_AT
 from raft.ports.bus import Bus
 from raft.ports.clock import Clock, WallClock
@@ -159,6 +160,34 @@ class ClusterApi:
                 "term": response.body["term"],
             },
         )
+
+    def post_leader(self, body: bytes) -> ApiResponse:
+        """Move leadership to `{"server": id}` (thesis §3.10) and wait until it leads."""
+        try:
+            doc = json.loads(body)
+            target = doc["server"]
+        except (ValueError, TypeError, KeyError, UnicodeDecodeError):
+            return error(400, 'body must be JSON like {"server": "server-2"}')
+        if target not in self.servers:
+            return error(404, f"unknown server {target!r}; servers are {self.servers}")
+        leader = self.find_leader()
+        if leader is None:
+            return error(503, "no leader is known; retry shortly", **{"Retry-After": RETRY_AFTER_S})
+        deadline = time.monotonic() + self.limits.wait_s
+        poll, ask_at = self.limits.poll_s, 0.0
+        while leader is None or leader[0] != target:
+            now = time.monotonic()
+            if now >= deadline:
+                return error(504, f"{target} did not take over in {self.limits.wait_s:g} s")
+            if leader is not None and now >= ask_at:
+                # Asked again after a while: the leader gives up on a target that lags.
+                log.info("transfer leader=%s target=%s", leader[0], target)
+                self.bus.publish([Envelope("operator", leader[0], TransferLeadership(target))])
+                ask_at = now + self.limits.resend_s
+            self.sleep(poll)
+            poll = min(self.limits.max_poll_s, poll * 1.5)
+            leader = self.find_leader()
+        return ApiResponse(200, {"leader": target, "term": leader[1]["current_term"]})
 
     def get_cluster(self) -> ApiResponse:
         servers = []
