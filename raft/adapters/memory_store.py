@@ -16,7 +16,13 @@ from typing import Any
 
 from raft.core.messages import Entry
 from raft.core.state import Snapshot
-from raft.ports.store import Change, ClientResult, StoredServer, VersionConflict
+from raft.ports.store import (
+    Change,
+    ClientResult,
+    StoredServer,
+    VersionConflict,
+    read_answer_slot,
+)
 
 
 @dataclass
@@ -29,6 +35,7 @@ class _Record:
     snapshot: Snapshot | None
     incoming: list[str] = field(default_factory=list)
     results: dict[str, ClientResult] = field(default_factory=dict)
+    answers: dict[int, ClientResult] = field(default_factory=dict)
 
 
 class InMemoryStore:
@@ -39,12 +46,14 @@ class InMemoryStore:
         self.saves = 0
         self.conflicts = 0
         self.version_reads = 0
+        self.rows_read = 0  # entries, snapshots and chunks handed out by `load`
 
     def load(self, server_id: str) -> StoredServer | None:
         with self._lock:
             record = self._records.get(server_id)
             if record is None:
                 return None
+            self.rows_read += len(record.log) + (record.snapshot is not None) + len(record.incoming)
             return StoredServer(
                 version=str(record.version),
                 state=record.state,
@@ -74,6 +83,23 @@ class InMemoryStore:
             _apply(record, change)
             self.saves += 1
             return str(record.version)
+
+    def read_answer(self, server_id: str, client_id: str) -> ClientResult | None:
+        with self._lock:
+            record = self._records.get(server_id)
+            if record is None:
+                return None
+            answer = record.answers.get(read_answer_slot(client_id))
+            return answer if answer is not None and answer.client_id == client_id else None
+
+    def row_counts(self, server_id: str) -> dict[str, int]:
+        """What is kept for a server, named as the Table Storage rows would be."""
+        with self._lock:
+            record = self._records.get(server_id)
+            if record is None:
+                return {"log-": 0, "snap-": 0, "result-": 0}
+            snapshots = int(record.snapshot is not None)
+            return {"log-": len(record.log), "snap-": snapshots, "result-": len(record.results)}
 
     def read_state(self, server_id: str) -> dict[str, Any] | None:
         with self._lock:
@@ -115,3 +141,7 @@ def _apply(record: _Record, change: Change) -> None:
         record.incoming.extend(chunk.data for chunk in change.snapshot_chunks)
     for result in change.results:
         record.results[result.client_id] = result
+    for client_id in change.forget_results:
+        record.results.pop(client_id, None)
+    for answer in change.read_answers:
+        record.answers[read_answer_slot(answer.client_id)] = answer

@@ -39,6 +39,7 @@ from raft.adapters.table_rows import (
     now_iso,
     pack,
     payload_bytes,
+    read_answer_key,
     result_row,
     snapshot_key,
     utf16_bytes,
@@ -48,7 +49,8 @@ from raft.ports.store import Change, StoreLimitError
 
 # The placeholder generation of a planned log row, replaced once the plan picks one.
 _UNPLACED = 999_999
-# Compacted log rows deleted per save, at most: bounded work, inside one transaction.
+# Compacted log rows deleted per save, at least (more when the save appends entries): bounded
+# work, inside the save's own transaction.
 GC_PER_SAVE = 32
 
 Segments = tuple[tuple[int, int], ...]
@@ -169,6 +171,8 @@ def prepare(pk: str, change: Change) -> PreparedChange:
     ]
     latest = {r.client_id: r for r in change.results}  # one row per client: the last wins
     result_rows = [result_row(pk, result) for result in latest.values()]
+    answers = {read_answer_key(a.client_id): a for a in change.read_answers}
+    result_rows += [result_row(pk, answer, key) for key, answer in answers.items()]
     snapshot = change.snapshot
     snapshot_chunks = None if snapshot is None else chunks(snapshot.data, SNAPSHOT_CHUNK_UNITS)
     state_json = json.dumps(change.state, separators=(",", ":"), sort_keys=True)
@@ -192,7 +196,7 @@ class _Generations:
         return value
 
 
-def plan_save(base: Meta, prepared: PreparedChange, *, split: bool) -> Plan:
+def plan_save(base: Meta, prepared: PreparedChange) -> Plan:
     """The rows a save writes and deletes, given the stored metadata `base`.
 
     Rows at an (index, generation) never change once written: entries that replace stored
@@ -208,7 +212,7 @@ def plan_save(base: Meta, prepared: PreparedChange, *, split: bool) -> Plan:
     writes: list[Entity] = []
     garbage: list[str] = []
     segs, last_index = _plan_log(base, prepared, log_start, gens, writes, garbage)
-    gc_from, segs = _plan_gc(base, log_start, segs, 0 if split else GC_PER_SAVE, garbage)
+    gc_from, segs = _plan_gc(base, log_start, segs, _gc_budget(prepared), garbage)
     snap = _plan_snapshot(base, prepared, gens, writes, garbage)
     inc = _plan_incoming(pk, base, change, gens, writes, garbage)
     meta = Meta(
@@ -249,6 +253,13 @@ def plan_save(base: Meta, prepared: PreparedChange, *, split: bool) -> Plan:
     }
     check_entity(commit, f"{pk}: state entity")
     return Plan(commit, meta, writes, prepared.result_rows, garbage)
+
+
+def _gc_budget(prepared: PreparedChange) -> int:
+    """Compacted rows this save deletes: more than the entries it adds, so deleting keeps
+    ahead of appending. In a split save, those that do not fit its last transaction are
+    deleted right after it, best effort (a crash in between leaves invisible rows behind)."""
+    return GC_PER_SAVE + 2 * len(prepared.log_rows)
 
 
 def _plan_log(

@@ -109,6 +109,7 @@ from raft.adapters.table_rows import (
     incoming_key,
     log_key,
     parse_log_key,
+    read_answer_key,
     result_key,
     result_of,
     snapshot_key,
@@ -273,6 +274,13 @@ class TableStore:
         result = result_of(entity)
         return result if result.client_id == client_id else None
 
+    def read_answer(self, server_id: str, client_id: str) -> ClientResult | None:
+        entity = self._get(check_partition_key(server_id), read_answer_key(client_id))
+        if entity is None:
+            return None
+        answer = result_of(entity)
+        return answer if answer.client_id == client_id else None
+
     @staticmethod
     def _stored(cached: _Cached) -> StoredServer:
         meta, rows = cached.meta, cached.rows
@@ -385,11 +393,10 @@ class TableStore:
         prepared = prepare(check_partition_key(server_id), change)
         try:
             base = self._base(server_id, prepared.pk, expected_version)
-            plan = plan_save(base, prepared, split=False)
+            plan = plan_save(base, prepared)
             if plan.fits_one_transaction():
                 etag = self._submit(single_transaction(base, plan))
             else:
-                plan = plan_save(base, prepared, split=True)
                 etag = self._save_split(server_id, base, plan)
         except VersionConflict:
             self.drop_cache(server_id)
@@ -400,6 +407,10 @@ class TableStore:
             self.drop_cache(server_id)
             raise
         self._remember(server_id, base, replace(plan.meta, etag=etag), change)
+        if change.forget_results:
+            # Not in the save's transaction: deleting a row that is already gone fails one.
+            keys = [result_key(client_id) for client_id in change.forget_results]
+            self._cleanup(server_id, prepared.pk, keys)
         with self._lock:
             self.saves += 1
         return etag

@@ -17,7 +17,9 @@ class Entry:
 
     An entry with an empty `client_id` is a no-op appended by a new leader (§5.4.2).
     `reply_to` is where the leader that applies it sends the result; empty means the client
-    polls the stored result instead.
+    polls the stored result instead. `issued_at` is the client's time for the request and
+    `time` the leader's clock when it appended the entry (milliseconds): every server applies
+    the same times at the same index, so sessions expire identically everywhere (thesis §6.3).
     """
 
     term: int
@@ -25,6 +27,8 @@ class Entry:
     seq: int = 0
     data: str = ""
     reply_to: str = ""
+    issued_at: int = 0
+    time: int = 0
 
     @property
     def size(self) -> int:
@@ -43,6 +47,8 @@ class RequestVote:
     last_log_index: int
     last_log_term: int
     pre_vote: bool = False
+    # Sent on the leader's TimeoutNow (thesis §3.10): receivers set their leader lease aside.
+    transfer: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +61,8 @@ class RequestVoteResponse:
 
 @dataclass(frozen=True, slots=True)
 class AppendEntries:
-    """AppendEntries RPC (§5.3); with no entries it is a heartbeat."""
+    """AppendEntries RPC (§5.3); with no entries it is a heartbeat. `quiesce`: the leader
+    holds nothing uncommitted and stops heartbeating until it has work or checks again."""
 
     term: int
     leader_id: ServerId
@@ -63,6 +70,9 @@ class AppendEntries:
     prev_log_term: int
     entries: tuple[Entry, ...]
     leader_commit: int
+    quiesce: bool = False
+    # The leader's latest ReadIndex round; the follower echoes it to confirm leadership.
+    read_round: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +90,7 @@ class AppendEntriesResponse:
     match_index: int = 0
     conflict_index: int = 0
     conflict_term: int = 0
+    read_round: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +131,8 @@ class ClientRequest:
 
     `reply_to` is the address the response goes to; empty means the caller polls the stored
     result instead (the HTTP function does). `hops` bounds forwarding between servers.
+    `issued_at` is when the client issued it (milliseconds on the cluster's clock); a request
+    older than the session retention is refused as expired, never applied.
     """
 
     client_id: str
@@ -127,6 +140,9 @@ class ClientRequest:
     data: str
     reply_to: str = ""
     hops: int = 0
+    issued_at: int = 0
+    # A command that only reads: served by ReadIndex (thesis §6.4) without a log entry.
+    read_only: bool = False
 
 
 class ClientStatus(StrEnum):
@@ -135,6 +151,9 @@ class ClientStatus(StrEnum):
     OVERLOADED = "overloaded"
     STALE = "stale"
     REJECTED = "rejected"
+    # Older than the session retention: it may be a duplicate of a request whose session is
+    # gone, so it is never applied (thesis §6.3).
+    EXPIRED = "expired"
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +174,23 @@ class Tick:
     now: int
 
 
+@dataclass(frozen=True, slots=True)
+class TimeoutNow:
+    """Leadership transfer (thesis §3.10): the leader tells a caught-up follower to start an
+    election at once."""
+
+    term: int
+    leader_id: ServerId
+
+
+@dataclass(frozen=True, slots=True)
+class TransferLeadership:
+    """From an operator to the leader: hand leadership to `target` (within an election
+    timeout, or not at all)."""
+
+    target: ServerId
+
+
 Message = (
     RequestVote
     | RequestVoteResponse
@@ -164,6 +200,8 @@ Message = (
     | InstallSnapshotResponse
     | ClientRequest
     | ClientResponse
+    | TimeoutNow
+    | TransferLeadership
 )
 
 

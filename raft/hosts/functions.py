@@ -16,6 +16,7 @@ import azure.functions as func
 from raft.adapters.connections import resolve
 from raft.adapters.poison import LoggingPoisonRecorder, PoisonRecorder, TablePoisonRecorder
 from raft.adapters.servicebus_bus import ServiceBusBus, receive
+from raft.app.sessions import SessionPolicy
 from raft.core.messages import Envelope
 from raft.core.state import Config
 from raft.hosts import settings as names
@@ -37,8 +38,12 @@ def node_options(settings: AppSettings) -> NodeOptions:
             election_timeout_min=settings.election_timeout_ms,
             election_timeout_max=2 * settings.election_timeout_ms,
             heartbeat_interval=settings.heartbeat_ms,
+            # An idle cluster costs one check round a minute; a leader lost while the group
+            # is quiescent is replaced within a minute plus an election timeout.
+            quiesce_check_interval=max(60_000, 3 * settings.election_timeout_ms),
         ),
         max_command_bytes=settings.max_command_bytes,
+        sessions=SessionPolicy(retention_ms=settings.session_retention_s * 1000),
     )
 
 
@@ -69,6 +74,7 @@ class FunctionsHost:
                 wait_s=settings.http_wait_s,
                 max_uncommitted=options.config.max_uncommitted_entries,
             ),
+            clock=self.clock,
         )
 
     @classmethod
@@ -130,6 +136,9 @@ class FunctionsHost:
 
     def get_cluster(self, req: func.HttpRequest) -> func.HttpResponse:
         return to_http(self.api.get_cluster())
+
+    def post_leader(self, req: func.HttpRequest) -> func.HttpResponse:
+        return to_http(self.api.post_leader(req.get_body()))
 
 
 def to_http(response: ApiResponse) -> func.HttpResponse:

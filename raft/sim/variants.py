@@ -109,6 +109,17 @@ class TrustsLeaderCommit(RaftServer):
             s.commit_index = m.leader_commit
 
 
+class ReadsWithoutConfirmation(RaftServer):
+    """Serves reads without confirming leadership (ReadIndex without its heartbeat round), so
+    a deposed leader that has not heard of its successor answers stale reads."""
+
+    def confirm_reads(self) -> None:
+        s = self.state
+        ready = [r for r in s.reads if r.index]
+        self._confirmed.extend(ready)
+        s.reads = [r for r in s.reads if not r.index]
+
+
 class FollowerNeverCommits(RaftServer):
     """A follower never learns the commit index from AppendEntries: it stores every entry
     and acknowledges it, so commits and safety are unaffected, but applies nothing."""
@@ -261,6 +272,7 @@ VARIANTS: dict[str, Variant] = {
                 "linearizability",
             ),
         ),
+        Variant("unconfirmed-reads", server=ReadsWithoutConfirmation, expect=("linearizability",)),
         Variant(
             "trusts-leader-commit",
             server=TrustsLeaderCommit,
