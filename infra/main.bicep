@@ -26,6 +26,11 @@ param location string = resourceGroup().location
 ])
 param clusterSize int = 5
 
+@description('Servers with a subscription and a trigger: clusterSize of them form the first configuration, the rest are spares that join when added (POST /api/cluster/servers), so a cluster grows without a redeployment.')
+@minValue(3)
+@maxValue(15)
+param maxClusterSize int = 7
+
 @description('Service Bus topic that carries every Raft message.')
 param topicName string = 'rafttopic'
 
@@ -82,7 +87,8 @@ var names = {
 }
 
 // Server ids are the subscription names: settings.server_ids(count) -> server-1 .. server-N.
-var serverIds = [for i in range(1, clusterSize): 'server-${i}']
+var subscriptionCount = max(clusterSize, maxClusterSize)
+var serverIds = [for i in range(1, subscriptionCount): 'server-${i}']
 
 module monitoring 'modules/monitoring.bicep' = {
   name: 'monitoring'
@@ -132,6 +138,7 @@ var appSettings = {
   APPLICATIONINSIGHTS_CONNECTION_STRING: monitoring.outputs.appInsightsConnectionString
   APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'Authorization=AAD'
   RAFT_SERVER_COUNT: string(clusterSize)
+  RAFT_MAX_SERVERS: string(subscriptionCount)
   RAFT_TOPIC: topicName
   RAFT_TABLE: tableName
   RAFT_TIMER_SCHEDULE: '*/1 * * * * *'

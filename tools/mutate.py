@@ -200,8 +200,12 @@ class Mutator(ast.NodeTransformer):
     def visit_AugAssign(self, node: ast.AugAssign) -> ast.AST:
         self.generic_visit(node)
         swap = ARITHMETIC.get(type(node.op))
-        if swap is not None and isinstance(node.op, ast.Add | ast.Sub) and self._site(
-            node, f"`{SYMBOLS[type(node.op)]}=` -> `{SYMBOLS[swap]}=` in `{_short(node)}`"
+        if (
+            swap is not None
+            and isinstance(node.op, ast.Add | ast.Sub)
+            and self._site(
+                node, f"`{SYMBOLS[type(node.op)]}=` -> `{SYMBOLS[swap]}=` in `{_short(node)}`"
+            )
         ):
             node.op = swap()
         return node
@@ -240,12 +244,9 @@ def _is_logging(stmt: ast.stmt) -> bool:
     if not isinstance(stmt, ast.Expr) or not isinstance(stmt.value, ast.Call):
         return False
     func = stmt.value.func
-    return (
-        isinstance(func, ast.Attribute)
-        and (
-            (isinstance(func.value, ast.Name) and func.value.id == "log")
-            or func.attr == "_log_transition"
-        )
+    return isinstance(func, ast.Attribute) and (
+        (isinstance(func.value, ast.Name) and func.value.id == "log")
+        or func.attr == "_log_transition"
     )
 
 

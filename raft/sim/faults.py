@@ -38,16 +38,15 @@ class Fault(StrEnum):
 @dataclass(frozen=True, slots=True)
 class FaultPlan:
     """Per-step probabilities of each injected fault (at most one fault per step), except
-    `crash_new_leader`, drawn each time a server becomes leader."""
+    `crash_new_leader`, drawn each time a server becomes leader. A crash or a partition
+    ends by itself, after a duration drawn when it starts."""
 
     drop: float = 0.0
     duplicate: float = 0.0
     delay: float = 0.0
     crash: float = 0.0
     crash_after_save: float = 0.0
-    restart: float = 0.0
     partition: float = 0.0
-    heal: float = 0.0
     race: float = 0.0
     skew: float = 0.0
     cold: float = 0.0
@@ -62,9 +61,7 @@ class FaultPlan:
             delay=0.03,
             crash=0.01,
             crash_after_save=0.01,
-            restart=0.03,
             partition=0.01,
-            heal=0.04,
             race=0.05,
             skew=0.02,
             cold=0.01,
@@ -74,17 +71,13 @@ class FaultPlan:
     @classmethod
     def swarm(cls, rng: random.Random) -> FaultPlan:
         """Each kind on with probability 1/2, at between a fifth of and four times its default
-        rate; restart and heal follow crash and partition so faults can end."""
+        rate."""
         base = cls.default()
         rates: dict[str, float] = {}
         for f in fields(cls):
             on = rng.random() < 0.5
             scale = rng.uniform(0.2, 4.0)
             rates[f.name] = min(0.9, getattr(base, f.name) * scale) if on else 0.0
-        if rates["crash"] or rates["crash_after_save"]:
-            rates["restart"] = rates["restart"] or base.restart
-        if rates["partition"]:
-            rates["heal"] = rates["heal"] or base.heal
         return cls(**rates)
 
     def to_json(self) -> dict[str, float]:

@@ -1,11 +1,13 @@
 """Each step's fault: one draw from the schedule's `FaultPlan`, with the rates of faults the
-cluster's current shape rules out set to zero (no crash past a minority, no heal without a
+cluster's current shape rules out set to zero (no crash past a minority, no second
 partition).
 
-Faults of the cluster's shape (crash, restart, partition, heal, clock jump, an instance
-replaced by a cold one) are carried out on the simulator at once; the others (drop,
-duplicate, delay, racing instance, crash after the save) are returned, and apply to the
-event the strategy chooses next.
+Faults of the cluster's shape (crash, partition, clock jump, an instance replaced by a cold
+one) are carried out on the simulator at once; the others (drop, duplicate, delay, racing
+instance, crash after the save) are returned, and apply to the event the strategy chooses
+next. A crash or a partition lasts a virtual duration drawn when it starts: some end before
+anyone notices, some outlast an election (the time an old leader, cut off but alive, goes
+on believing it leads); ended at a step boundary once the time has passed.
 """
 
 from __future__ import annotations
@@ -21,9 +23,7 @@ from raft.sim.tracer import Tracer
 # The draw's outcomes (0: none), in the order of `FaultInjector.rates`.
 (
     CRASH,
-    RESTART,
     PARTITION,
-    HEAL,
     SKEW,
     DROP,
     DUPLICATE,
@@ -31,11 +31,14 @@ from raft.sim.tracer import Tracer
     RACE,
     CRASH_AFTER_SAVE,
     COLD,
-) = range(1, 12)
+) = range(1, 10)
 # A clock jump sets a server's offset from virtual time to one of these (ms). Raft's safety
 # must not depend on clocks; skew makes timeouts fire early or late, as Coyote's
 # nondeterministic timers do.
 SKEWS = (-300, -200, -100, -50, 0, 50, 100, 200, 300)
+# How long a crash or a partition lasts (virtual ms): from less than a heartbeat to several
+# election timeouts.
+OUTAGES = (50, 100, 200, 400, 800, 1600)
 
 
 class Cluster(Protocol):
@@ -68,22 +71,23 @@ class FaultInjector:
 
     def set_plan(self, plan: FaultPlan) -> None:
         self.plan = plan
-        # Rates cached by the cluster's shape: (can crash, some down, partitioned).
-        self._rates: dict[tuple[bool, bool, bool], tuple[float, ...]] = {}
+        # Rates cached by the cluster's shape: (can crash, partitioned).
+        self._rates: dict[tuple[bool, bool], tuple[float, ...]] = {}
         self.active = any(plan.to_json().values())
+        # When the servers this injector crashed restart, and when its partition heals.
+        self.restarts: dict[str, int] = {}
+        self.heals_at: int | None = None
 
     def rates(self) -> tuple[float, ...]:
         sim = self.sim
-        shape = (len(sim.down) < sim.max_down, bool(sim.down), bool(sim.network.blocked))
+        shape = (len(sim.down) < sim.max_down, bool(sim.network.blocked))
         rates = self._rates.get(shape)
         if rates is None:
-            can_crash, some_down, blocked = shape
+            can_crash, blocked = shape
             p = self.plan
             rates = self._rates[shape] = (
                 p.crash if can_crash else 0.0,
-                p.restart if some_down else 0.0,
                 0.0 if blocked else p.partition,
-                p.heal if blocked else 0.0,
                 p.skew,
                 p.drop,
                 p.duplicate,
@@ -95,8 +99,11 @@ class FaultInjector:
         return rates
 
     def draw(self) -> int:
-        """This step's fault; cluster-shape faults are carried out now."""
+        """End the outages that are over, then draw this step's fault; cluster-shape faults
+        are carried out now."""
         sim = self.sim
+        if self.restarts or self.heals_at is not None:
+            self._end_outages()
         choices = sim.choices
         fault = choices.fault(self.rates())
         if not fault:
@@ -104,16 +111,14 @@ class FaultInjector:
         if fault == CRASH:
             live = [s for s in sim.servers if s not in sim.down]
             sim.coverage.faults[Fault.CRASH] += 1
-            sim.crash(self._pick_server(live))
-        elif fault == RESTART:
-            down = sorted(sim.down)
-            sim.restart(down[choices.below(len(down))])
+            server = self._pick_server(live)
+            sim.crash(server)
+            self.crashed(server)
         elif fault == PARTITION:
             shape = choices.below(3)
             rotation = sim.servers.index(self._pick_server(list(sim.servers)))
             sim.partition(*partition_pairs(sim.servers, shape, rotation))
-        elif fault == HEAL:
-            sim.heal()
+            self.heals_at = sim.now + self._outage()
         elif fault == SKEW:
             server = sim.servers[choices.below(len(sim.servers))]
             sim.set_skew(server, SKEWS[choices.below(len(SKEWS))])
@@ -125,6 +130,24 @@ class FaultInjector:
             sim.coverage.faults[Fault.DELAY] += 1
             sim.tracer.note(f"messages sent now are delayed {sim.delay} ms")
         return fault
+
+    def crashed(self, server: str) -> None:
+        """A fault crashed `server`: it restarts after an outage."""
+        self.restarts[server] = self.sim.now + self._outage()
+
+    def _outage(self) -> int:
+        return OUTAGES[self.sim.choices.below(len(OUTAGES))]
+
+    def _end_outages(self) -> None:
+        sim = self.sim
+        for server, at in sorted(self.restarts.items()):
+            if sim.now >= at:
+                del self.restarts[server]
+                if server in sim.down:  # not restarted by hand meanwhile
+                    sim.restart(server)
+        if self.heals_at is not None and sim.now >= self.heals_at:
+            self.heals_at = None
+            sim.heal()
 
     def crashes_new_leader(self) -> bool:
         """Whether a server that just became leader crashes before its messages leave."""

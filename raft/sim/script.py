@@ -17,6 +17,7 @@ left out, types as in the wire format, e.g. `append_entries`):
 
 - `cluster servers=N [seed=S]`: a new cluster, no clients;
 - `tick S`: S's timer fires (time moves to its deadline if that is later);
+- `heartbeat S`: S's timer fires until S sends something (a leader's next heartbeat);
 - `arm`: tick every server that never ran, which arms its election timer;
 - `elect S`: arm every timer, fire S's, deliver everything, then one heartbeat so the
   no-op is committed everywhere (the steps are not printed);
@@ -61,6 +62,7 @@ from raft.sim.schedule import SimSetup
 SEPARATOR = "----"
 FAULTS = {"crash-after-save": CRASH_AFTER_SAVE, "second-instance": RACE, "duplicate": DUPLICATE}
 MAX_STABILIZE_STEPS = 1000
+MAX_TIMER_FIRINGS = 10
 
 
 class ScriptError(ValueError):
@@ -160,6 +162,16 @@ class Driver:
         self.cluster.sim.step_with(timer)
         return []
 
+    def do_heartbeat(self, args: list[str]) -> list[str]:
+        (server,) = _exactly(args, 1)
+        sim = self.cluster.sim
+        for _ in range(MAX_TIMER_FIRINGS):
+            sent = sim.server_messages
+            self.do_tick([server])
+            if sim.server_messages != sent:
+                return []
+        raise ScriptError(f"{server} sent nothing in {MAX_TIMER_FIRINGS} timer firings")
+
     def do_deliver(self, args: list[str]) -> list[str]:
         faults = [a for a in args if a in FAULTS]
         fault = FAULTS[faults[0]] if faults else 0
@@ -195,7 +207,7 @@ class Driver:
         self.do_stabilize([])
         if self.cluster.role(server) != "leader":
             raise ScriptError(f"{server} was not elected")
-        sim.step_with(sim.timers[server])  # a heartbeat takes the commit index to all
+        self.do_heartbeat([server])  # it takes the commit index to all
         self.do_stabilize([])
         self._shown = len(sim.tracer.steps)
         return [f"{server} elected (steps not shown)"]

@@ -437,10 +437,12 @@ class Simulator:
             self.coverage.faults[Fault.CRASH_AFTER_SAVE] += 1
             self.tracer.note(f"crash of {server} after its save: outbox lost")
             self.crash(server)
+            self.injector.crashed(server)
         elif self._deposed:
             self.coverage.faults[Fault.CRASH_NEW_LEADER] += 1
             self.tracer.note(f"crash of {server}, just elected, before its messages left")
             self.crash(server)
+            self.injector.crashed(server)
 
     def deliver_now(self, server: str, envelope: Envelope) -> None:
         """Hand `envelope` to the server's trigger instance at once, outside any step (the
