@@ -83,7 +83,7 @@ def test_a_tampered_trace_does_not_replay(
 def test_the_html_timeline_is_self_contained(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cli.run_test(_test_args("--variant", "no-step-down", "--json", "--out", str(tmp_path)))
+    cli.run_test(_test_args("--variant", "vote-not-persisted", "--json", "--out", str(tmp_path)))
     page = Path(json.loads(capsys.readouterr().out)["bug"]["html"]).read_text()
     assert page.startswith("<!DOCTYPE html>")
     assert "<svg" in page and "<style>" in page and "<script>" in page

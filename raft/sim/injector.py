@@ -39,6 +39,7 @@ SKEWS = (-300, -200, -100, -50, 0, 50, 100, 200, 300)
 # How long a crash or a partition lasts (virtual ms): from less than a heartbeat to several
 # election timeouts.
 OUTAGES = (50, 100, 200, 400, 800, 1600)
+NEVER = 1 << 62
 
 
 class Cluster(Protocol):
@@ -74,9 +75,11 @@ class FaultInjector:
         # Rates cached by the cluster's shape: (can crash, partitioned).
         self._rates: dict[tuple[bool, bool], tuple[float, ...]] = {}
         self.active = any(plan.to_json().values())
-        # When the servers this injector crashed restart, and when its partition heals.
+        # When the servers this injector crashed restart, and when its partition heals; and
+        # the first of those times (checked every step, so kept at hand).
         self.restarts: dict[str, int] = {}
         self.heals_at: int | None = None
+        self._next_end = NEVER
 
     def rates(self) -> tuple[float, ...]:
         sim = self.sim
@@ -102,7 +105,7 @@ class FaultInjector:
         """End the outages that are over, then draw this step's fault; cluster-shape faults
         are carried out now."""
         sim = self.sim
-        if self.restarts or self.heals_at is not None:
+        if sim.now >= self._next_end:
             self._end_outages()
         choices = sim.choices
         fault = choices.fault(self.rates())
@@ -119,6 +122,7 @@ class FaultInjector:
             rotation = sim.servers.index(self._pick_server(list(sim.servers)))
             sim.partition(*partition_pairs(sim.servers, shape, rotation))
             self.heals_at = sim.now + self._outage()
+            self._next_end = min(self._next_end, self.heals_at)
         elif fault == SKEW:
             server = sim.servers[choices.below(len(sim.servers))]
             sim.set_skew(server, SKEWS[choices.below(len(SKEWS))])
@@ -133,7 +137,8 @@ class FaultInjector:
 
     def crashed(self, server: str) -> None:
         """A fault crashed `server`: it restarts after an outage."""
-        self.restarts[server] = self.sim.now + self._outage()
+        at = self.restarts[server] = self.sim.now + self._outage()
+        self._next_end = min(self._next_end, at)
 
     def _outage(self) -> int:
         return OUTAGES[self.sim.choices.below(len(OUTAGES))]
@@ -148,6 +153,8 @@ class FaultInjector:
         if self.heals_at is not None and sim.now >= self.heals_at:
             self.heals_at = None
             sim.heal()
+        ends = [*self.restarts.values(), *([] if self.heals_at is None else [self.heals_at])]
+        self._next_end = min(ends, default=NEVER)
 
     def crashes_new_leader(self) -> bool:
         """Whether a server that just became leader crashes before its messages leave."""

@@ -613,24 +613,25 @@ class Simulator:
         server, before, change = event.server, event.before, event.change
         state = change.state
         self._saved = True
-        self.digests.update(server, change, event.view)
+        log_changed = change.log_from is not None
+        if log_changed:
+            self.digests.update(server, change, event.view)
         if self.violation is None:
-            log_changed = change.log_from is not None
             watching = self._watching
-            due = watching["log"] if log_changed else []
+            due = [*watching["log"]] if log_changed else []
             if state["role"] == "leader":
-                due = due + watching["leader"]
+                due += watching["leader"]
             if (
                 log_changed
                 or before is None
                 or before["commit_index"] != state["commit_index"]
                 or before["last_applied"] != state["last_applied"]
             ):
-                due = due + watching["commit"]
+                due += watching["commit"]
             if change.snapshot is not None or (
                 before is not None and before["log_start"] != state["log_start"]
             ):
-                due = due + watching["snapshot"]
+                due += watching["snapshot"]
             for monitor in due:
                 problem = monitor.on_save(event)
                 if problem:
