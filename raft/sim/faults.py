@@ -31,6 +31,8 @@ class Fault(StrEnum):
     RACE = "race"
     # A function instance replaced by a cold one (no cached state).
     COLD = "cold_instance"
+    # An operator asks the leader to hand leadership to another server (thesis §3.10).
+    TRANSFER = "transfer_leadership"
     # A server's clock jumps (function instances run on machines whose clocks disagree).
     SKEW = "clock_skew"
 
@@ -50,6 +52,7 @@ class FaultPlan:
     race: float = 0.0
     skew: float = 0.0
     cold: float = 0.0
+    transfer: float = 0.0
     # Per election won, not per step.
     crash_new_leader: float = 0.0
 
@@ -65,6 +68,7 @@ class FaultPlan:
             race=0.05,
             skew=0.02,
             cold=0.01,
+            transfer=0.005,
             crash_new_leader=0.25,
         )
 

@@ -3,11 +3,12 @@ cluster's current shape rules out set to zero (no crash past a minority, no seco
 partition).
 
 Faults of the cluster's shape (crash, partition, clock jump, an instance replaced by a cold
-one) are carried out on the simulator at once; the others (drop, duplicate, delay, racing
-instance, crash after the save) are returned, and apply to the event the strategy chooses
-next. A crash or a partition lasts a virtual duration drawn when it starts: some end before
-anyone notices, some outlast an election (the time an old leader, cut off but alive, goes
-on believing it leads); ended at a step boundary once the time has passed.
+one, an operator's request to transfer leadership) are carried out on the simulator at once;
+the others (drop, duplicate, delay, racing instance, crash after the save) are returned, and
+apply to the event the strategy chooses next. A crash or a partition lasts a virtual
+duration drawn when it starts: some end before anyone notices, some outlast an election (the
+time an old leader, cut off but alive, goes on believing it leads); ended at a step boundary
+once the time has passed.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from raft.sim.tracer import Tracer
     RACE,
     CRASH_AFTER_SAVE,
     COLD,
-) = range(1, 10)
+    TRANSFER,
+) = range(1, 11)
 # A clock jump sets a server's offset from virtual time to one of these (ms). Raft's safety
 # must not depend on clocks; skew makes timeouts fire early or late, as Coyote's
 # nondeterministic timers do.
@@ -62,6 +64,8 @@ class Cluster(Protocol):
     def heal(self) -> None: ...
     def set_skew(self, server: str, offset: int) -> None: ...
     def replace_instance(self, which: int) -> None: ...
+    def leaders(self) -> list[str]: ...
+    def transfer_leadership(self, leader: str, target: str) -> None: ...
     def role_of(self, server: str) -> str: ...
 
 
@@ -98,6 +102,7 @@ class FaultInjector:
                 p.race,
                 p.crash_after_save if can_crash else 0.0,
                 p.cold,
+                p.transfer,
             )
         return rates
 
@@ -128,6 +133,11 @@ class FaultInjector:
             sim.set_skew(server, SKEWS[choices.below(len(SKEWS))])
         elif fault == COLD:
             sim.replace_instance(choices.below(sim.instance_count))
+        elif fault == TRANSFER:
+            leaders = sim.leaders()
+            if leaders:
+                others = [s for s in sim.servers if s != leaders[0]]
+                sim.transfer_leadership(leaders[0], others[choices.below(len(others))])
         elif fault == DELAY:
             # Everything published this step arrives late.
             sim.delay = 25 * (1 + choices.below(16))

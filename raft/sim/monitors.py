@@ -381,8 +381,8 @@ class Stability:
     catch up with its term, and a stale leader step down); and servers may send one another
     no more than the heartbeats need, an AppendEntries and its response per follower per
     heartbeat interval (one more for the interval the window starts in), plus one answer to
-    each message in flight when it starts (cost at rest; the simulator judges it only when
-    no message is delayed past the start)."""
+    each message in flight when it starts (cost at rest). The simulator rests the cluster
+    only when no message a fault delayed is still in flight."""
 
     name = "stability"
     cost = "cost"
