@@ -125,10 +125,10 @@ def test_a_leader_stepping_down_at_rest_breaks_stability() -> None:
     assert monitor.after_step(2, "follower") == "leader s1 became follower with no fault"
 
 
-def test_more_messages_at_rest_than_heartbeats_need_is_a_cost_violation() -> None:
-    # 2 followers, 350 / 50 + 1 intervals: 16 AppendEntries and 16 responses, plus 3 answers
-    # to messages in flight when the window starts.
+def test_more_messages_than_heartbeats_and_commands_need_is_a_cost_violation() -> None:
+    # 2 followers, 350 / 50 + 1 intervals: 16 AppendEntries and 16 responses; 3 answers to
+    # messages in flight when the window opens; and 4 per command: 2 commands, 8 more.
     monitor = Stability(2, "s1", 100, 3, servers=3, window_ms=350, heartbeat_ms=50)
-    assert monitor.at_end(100 + 35) is None
-    problem = monitor.at_end(100 + 36)
-    assert problem is not None and "more than the 35" in problem
+    assert monitor.at_end(100 + 43, rounds=2) is None
+    problem = monitor.at_end(100 + 44, rounds=2)
+    assert problem is not None and "more than the 43" in problem

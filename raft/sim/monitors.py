@@ -375,14 +375,15 @@ class Liveness:
 
 
 class Stability:
-    """Once the cluster has settled after faults stop (see `Liveness`), it is left at rest, the
-    network fault-free and the leader up, for `window_ms`: no server may start a new term
-    and the leader (of the newest term) must stay leader (stability: servers that lag may
-    catch up with its term, and a stale leader step down); and servers may send one another
-    no more than the heartbeats need, an AppendEntries and its response per follower per
-    heartbeat interval (one more for the interval the window starts in), plus one answer to
-    each message in flight when it starts (cost at rest). The simulator rests the cluster
-    only when no message a fault delayed is still in flight."""
+    """Once the cluster has settled after faults stop (see `Liveness`), with the network
+    fault-free and the leader up, one client sends a steady load (a command per heartbeat
+    interval) for `window_ms`. No server may start a new term and the leader (of the newest
+    term) must stay leader (stability: servers that lag may catch up with its term, and a
+    stale leader step down). And servers may send one another no more than heartbeats and
+    the commands need (cost): an AppendEntries and its response per follower per heartbeat
+    interval (one more for the interval the window starts in) and per round the leader owes
+    the load (an entry committed, a read confirmed), plus one answer to each message in
+    flight when the window opens."""
 
     name = "stability"
     cost = "cost"
@@ -400,7 +401,8 @@ class Stability:
         self.term = term
         self.leader = leader
         self.messages = messages
-        self.bound = 2 * (servers - 1) * (window_ms // heartbeat_ms + 1) + inflight
+        self.per_round = 2 * (servers - 1)
+        self.bound = self.per_round * (window_ms // heartbeat_ms + 1) + inflight
 
     def after_step(self, term: int, leader_role: str) -> str | None:
         if term != self.term:
@@ -409,11 +411,13 @@ class Stability:
             return f"leader {self.leader} became {leader_role} with no fault"
         return None
 
-    def at_end(self, messages: int) -> str | None:
+    def at_end(self, messages: int, rounds: int) -> str | None:
+        """`rounds`: entries the leader committed and reads it answered in the window."""
         sent = messages - self.messages
-        if sent > self.bound:
+        bound = self.bound + self.per_round * rounds
+        if sent > bound:
             return (
-                f"servers sent {sent} messages at rest, more than the {self.bound} that "
-                f"heartbeats, their responses and answers to messages in flight need"
+                f"servers sent {sent} messages for {rounds} commands, more than the {bound} "
+                f"that heartbeats, the commands and answers to messages in flight need"
             )
         return None

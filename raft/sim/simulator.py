@@ -194,11 +194,11 @@ class Simulator:
                 self.violate(self.liveness.name, problem)
 
     def rest(self) -> None:
-        """Leave the settled cluster at rest for a while: the stability and cost monitors.
-        Only if the network is fault-free by then: a message a fault delayed, still in
-        flight, arrives late and rightly makes the leader probe again (or wakes a quiescent
-        follower), which neither property can tell from a server that misbehaves."""
-        if any(item.time > self.now for item in self.network.inflight):
+        """The settled cluster under a steady load for a while: the stability and cost
+        monitors. Only if the network is fault-free by then: a message a fault delayed,
+        still in flight, arrives late and rightly makes the leader probe again (or wakes a
+        quiescent follower), which neither property can tell from a server that misbehaves."""
+        if not self.clients or any(item.time > self.now for item in self.network.inflight):
             return
         leader = self.leaders()[0]
         # Long enough for any follower whose timer the heartbeats fail to reset to time out.
@@ -212,13 +212,22 @@ class Simulator:
             window,
             self.config.heartbeat_interval,
         )
+        load = self.clients[0]
+        load.think_time = self.config.heartbeat_interval
+        self.issuing = True
+        self.wake(load)
+        commit = self.views[leader].state["commit_index"]
+        answered = len(load.done)
         end = self.now + window
         while self.violation is None and self.next_time() <= end:
             self.step()
             problem = stability.after_step(self._newest_term(), self.role_of(leader))
             if problem:
                 self.violate(stability.name, problem)
-        problem = stability.at_end(self.server_messages)
+        self.issuing = False
+        reads = sum(op.op == "get" for op in load.done[answered:])
+        rounds = self.views[leader].state["commit_index"] - commit + reads
+        problem = stability.at_end(self.server_messages, rounds)
         if problem:
             self.violate(stability.cost, problem)
 
