@@ -48,6 +48,7 @@ class Cluster(Protocol):
     """What the injector needs of the simulator."""
 
     servers: tuple[str, ...]
+    now: int
     down: set[str]
     max_down: int
     network: Network

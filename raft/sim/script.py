@@ -340,7 +340,7 @@ def _event(event: dict[str, Any]) -> str:
     if kind in ("deliver", "drop"):
         verb = "deliver" if kind == "deliver" else "DROP"
         return f"{verb} {_describe(event['from'], event['to'], event['kind'], event['body'])}"
-    return kind
+    return str(kind)
 
 
 def _message(sender: str, to: str, message: Message) -> str:

@@ -232,7 +232,7 @@ class Simulator:
             self.violate(stability.cost, problem)
 
     def _newest_term(self) -> int:
-        return max(self.views[s].state.get("current_term", 0) for s in self.servers)
+        return max(int(self.views[s].state.get("current_term", 0)) for s in self.servers)
 
     def unfinished(self) -> str | None:
         """What keeps the liveness monitor hot, or None: no leader, requests pending, or a

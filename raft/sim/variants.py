@@ -179,6 +179,9 @@ class _TrustingStore:
     def read_result(self, server_id: str, client_id: str) -> ClientResult | None:
         return self.store.read_result(server_id, client_id)
 
+    def read_answer(self, server_id: str, client_id: str) -> ClientResult | None:
+        return self.store.read_answer(server_id, client_id)
+
 
 class StepsOnStaleCache(NodeHandler):
     """Steps on its cached state without checking it is current (the handler before issue
