@@ -27,12 +27,12 @@ BUDGETS: dict[str, tuple[int, int, int]] = {
     "truncate-on-append": (5, 200, 100),  # schedule 1
     "no-step-down": (5, 200, 100),  # schedule 2
     "commit-before-majority": (5, 200, 100),  # schedule 1
-    "unconfirmed-reads": (3, 400, 1000),  # schedule 643
+    "unconfirmed-reads": (5, 300, 1000),  # schedule 347
     "trusts-leader-commit": (5, 200, 100),  # schedule 3
     "stale-cache-steps": (5, 200, 100),  # schedule 3
     "follower-never-commits": (5, 200, 100),  # schedule 3
-    "compacts-past-commit": (5, 200, 100),  # schedule 6
-    "blind-snapshot-chunks": (5, 200, 100),  # schedule 19
+    "compacts-past-commit": (5, 200, 100),  # schedule 11
+    "blind-snapshot-chunks": (5, 200, 1000),  # schedule 479
 }
 
 

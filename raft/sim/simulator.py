@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from raft.core.messages import ClientResponse, Envelope, TimeoutNow, TransferLeadership
+from raft.core.server import MAX_FORWARD_HOPS
 from raft.core.wire import KIND_OF
 from raft.node.handler import NodeOptions
 from raft.sim.clients import ClientProtocolError, SimClient
@@ -226,6 +227,7 @@ class Simulator:
             len(self.servers),
             window,
             self.config.heartbeat_interval,
+            MAX_FORWARD_HOPS,
         )
         load = self.clients[0]
         load.think_time = self.config.heartbeat_interval
