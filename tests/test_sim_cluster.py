@@ -19,6 +19,15 @@ def test_start_on_the_leader_returns_its_index_and_term_at_once() -> None:
     assert cluster.committed(index)[1] == cluster.log(leader)[index - 1]
 
 
+def test_a_started_command_is_part_of_the_checked_history() -> None:
+    cluster = SimulatedCluster(servers=3, seed=1)
+    leader = cluster.run_until_leader()
+    index, _, _ = cluster.start(leader, PUT)
+    cluster.run_until(lambda c: c.committed(index)[0] == 3)
+    # Linearizable only because the put started above counts as a write of 1.
+    assert cluster.wait(cluster.submit({"op": "get", "key": "x"}))["value"] == 1
+
+
 def test_start_on_a_follower_changes_nothing() -> None:
     cluster = SimulatedCluster(servers=3, seed=1)
     leader = cluster.run_until_leader()

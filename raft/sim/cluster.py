@@ -242,8 +242,26 @@ class SimulatedCluster:
         log = self.sim.views[server].log
         for index in range(len(log), 0, -1):
             if log[index - 1].client_id == client_id:
+                self._record_started(client_id, command)
                 return index, log[index - 1].term, True
         return 0, self.term(server), False
+
+    def _record_started(self, client_id: str, command: dict[str, Any]) -> None:
+        """A started command joins the checked history as an operation no one waits for:
+        it may take effect at any time after it was started, or never."""
+        sim = self.sim
+        sim.stamp += 1
+        op = Operation(
+            client_id,
+            1,
+            command["op"],
+            command["key"],
+            command.get("value"),
+            command.get("expected"),
+            invoke=sim.stamp,
+        )
+        sim.history.append(op)
+        sim.linearizability.on_invoke(op)
 
     def submit(self, command: dict[str, Any]) -> Submission:
         """Queue a key-value command for the cluster's client, which sends one at a time and
