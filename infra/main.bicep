@@ -3,7 +3,7 @@
 //   Service Bus (Standard) topic, one filtered subscription per server  -> modules/servicebus.bicep
 //   Storage account: host storage, deployment package, the Raft table   -> modules/storage.bicep
 //   Log Analytics + workspace-based Application Insights               -> modules/monitoring.bicep
-//   Flex Consumption plan and Function App (Python 3.11)               -> modules/functionapp.bicep
+//   Flex Consumption plan and Function App (Python 3.13)               -> modules/functionapp.bicep
 //   Data-plane role assignments for the app (and optionally a developer) -> modules/roles.bicep
 //
 // Setting names and defaults mirror raft/hosts/settings.py; tests/test_infra.py checks that.

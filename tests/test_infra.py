@@ -291,3 +291,9 @@ def test_sender_role_is_scoped_to_the_topic(parse: Any) -> None:
 def test_outputs_name_what_a_deployer_needs(main: Bicep) -> None:
     expected = {"functionAppName", "httpEndpoint", "serviceBusNamespace", "storageAccountName"}
     assert expected <= set(main["outputs"])
+
+
+def test_the_app_runs_the_python_version_whose_worker_the_tests_run(parse: Any) -> None:
+    # tests/test_worker_runtime.py indexes the app with the Python 3.13 worker library.
+    text = (ROOT / "infra" / "modules" / "functionapp.bicep").read_text()
+    assert "version: '3.13'" in text
