@@ -71,6 +71,20 @@ class ApiLimits:
     resend_s: float = HTTP_RESEND_S
 
 
+@dataclass
+class Waiting:
+    """A command sent to the leader whose result the HTTP function is waiting for."""
+
+    request_id: str
+    request: ClientRequest
+    leader_id: str
+    # On the API's monotonic clock (seconds).
+    deadline: float
+    resend_at: float
+    # How long to sleep before the next check.
+    poll_s: float
+
+
 class ClusterApi:
     def __init__(
         self,
@@ -81,12 +95,15 @@ class ClusterApi:
         sleep: Callable[[float], None] = time.sleep,
         validate: Callable[[str], None] | None = None,
         clock: Clock | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.servers = list(servers)
         self.store = store
         self.bus = bus
         self.limits = limits or ApiLimits()
         self.sleep = sleep
+        # Seconds, for the wait's deadline and resends (a virtual clock in raft/hosts/flex.py).
+        self.monotonic = monotonic
         # The cluster's clock, to stamp requests with their issue time (resends keep it).
         self.clock = clock or WallClock()
         # The application's own check, so a malformed command is a 400, not a log entry.
@@ -178,6 +195,17 @@ class ClusterApi:
     # ----------------------------------------------------------------- submitting
 
     def submit(self, request_id: str, data: str) -> ApiResponse:
+        """Send the command to the leader and wait for its result (or answer 202 after
+        `wait_s`), polling the leader's stored result with a backoff."""
+        outcome = self.begin(request_id, data)
+        while isinstance(outcome, Waiting):
+            self.sleep(outcome.poll_s)
+            outcome = self.check(outcome)
+        return outcome
+
+    def begin(self, request_id: str, data: str) -> ApiResponse | Waiting:
+        """The first part of `submit`: find the leader and send it the command, unless the
+        answer is already known (or there is no leader, or it is overloaded)."""
         client_id = CLIENT_PREFIX + request_id
         leader = self.find_leader()
         if leader is None:
@@ -195,32 +223,45 @@ class ClusterApi:
         request = ClientRequest(client_id, 1, data, issued_at=self.clock.now_ms())
         log.info("request=%s client=%s leader=%s submitted", request_id, client_id, leader_id)
         self.bus.publish([Envelope(client_id, leader_id, request)])
-        deadline = time.monotonic() + self.limits.wait_s
-        resend_at = time.monotonic() + self.limits.resend_s
-        poll = self.limits.poll_s
-        while time.monotonic() < deadline:
-            self.sleep(poll)
-            poll = min(self.limits.max_poll_s, poll * 1.5)
-            found = self.store.read_result(leader_id, client_id)
-            if found is not None:
-                log.info(
-                    "request=%s committed index=%d term=%d", request_id, found.index, found.term
-                )
-                return self.committed(request_id, found)
-            if time.monotonic() >= resend_at:
-                resend_at = time.monotonic() + self.limits.resend_s
-                current = self.find_leader()
-                if current is not None and current[0] != leader_id:
-                    leader_id = current[0]
-                    # The new leader may have applied it already: never send it twice then.
-                    found = self.store.read_result(leader_id, client_id)
-                    if found is not None:
-                        return self.committed(request_id, found)
-                self.bus.publish([Envelope(client_id, leader_id, request)])
-        status_url = f"/api/commands/{request_id}"
+        now = self.monotonic()
+        waiting = Waiting(
+            request_id,
+            request,
+            leader_id,
+            deadline=now + self.limits.wait_s,
+            resend_at=now + self.limits.resend_s,
+            poll_s=self.limits.poll_s,
+        )
+        return self._wait_more(waiting)
+
+    def check(self, waiting: Waiting) -> ApiResponse | Waiting:
+        """After sleeping `waiting.poll_s`: the committed result, a 202 once the wait is over,
+        or `waiting` again (resent to the current leader every `resend_s`)."""
+        request_id, client_id = waiting.request_id, waiting.request.client_id
+        waiting.poll_s = min(self.limits.max_poll_s, waiting.poll_s * 1.5)
+        found = self.store.read_result(waiting.leader_id, client_id)
+        if found is not None:
+            log.info("request=%s committed index=%d term=%d", request_id, found.index, found.term)
+            return self.committed(request_id, found)
+        if self.monotonic() >= waiting.resend_at:
+            waiting.resend_at = self.monotonic() + self.limits.resend_s
+            current = self.find_leader()
+            if current is not None and current[0] != waiting.leader_id:
+                waiting.leader_id = current[0]
+                # The new leader may have applied it already: never send it twice then.
+                found = self.store.read_result(waiting.leader_id, client_id)
+                if found is not None:
+                    return self.committed(request_id, found)
+            self.bus.publish([Envelope(client_id, waiting.leader_id, waiting.request)])
+        return self._wait_more(waiting)
+
+    def _wait_more(self, waiting: Waiting) -> ApiResponse | Waiting:
+        if self.monotonic() < waiting.deadline:
+            return waiting
+        status_url = f"/api/commands/{waiting.request_id}"
         return ApiResponse(
             202,
-            {"request_id": request_id, "status": "pending", "status_url": status_url},
+            {"request_id": waiting.request_id, "status": "pending", "status_url": status_url},
             {"Location": status_url},
         )
 
