@@ -44,6 +44,16 @@ def node_options(settings: AppSettings) -> NodeOptions:
     )
 
 
+def api_limits(settings: AppSettings) -> ApiLimits:
+    """The HTTP function's limits: command size and wait from the settings; new commands are
+    refused at the leader's own bound on uncommitted entries."""
+    return ApiLimits(
+        max_command_bytes=settings.max_command_bytes,
+        wait_s=settings.http_wait_s,
+        max_uncommitted=node_options(settings).config.max_uncommitted_entries,
+    )
+
+
 class FunctionsHost:
     def __init__(
         self,
@@ -62,17 +72,7 @@ class FunctionsHost:
         self.handlers = {
             s: NodeHandler(s, settings.servers, store, bus, options) for s in settings.servers
         }
-        self.api = ClusterApi(
-            settings.servers,
-            store,
-            bus,
-            ApiLimits(
-                max_command_bytes=settings.max_command_bytes,
-                wait_s=settings.http_wait_s,
-                max_uncommitted=options.config.max_uncommitted_entries,
-            ),
-            clock=self.clock,
-        )
+        self.api = ClusterApi(settings.servers, store, bus, api_limits(settings), clock=self.clock)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> FunctionsHost:
