@@ -48,7 +48,7 @@ from raft.app.kv import encode
 from raft.core.messages import Envelope
 from raft.hosts.http_api import ApiLimits, ApiResponse, ClusterApi, StepLocally, Waiting
 from raft.node.handler import NodeHandler, NodeOptions
-from raft.ports.store import Change, ClientResult, Store, StoredServer
+from raft.ports.store import Change, ClientResult, Store, StoredServer, VersionConflict
 
 # The standard normal's 99th percentile: a log-normal delay is fitted to a median and a p99.
 Z99 = 2.3263478740408408
@@ -217,24 +217,44 @@ class _Call:
 
 
 class _TimedStore:
-    """An instance's store: every operation takes its latency out of the running execution."""
+    """An instance's store: every operation takes its latency out of the running execution.
+
+    Executions run whole at the instant they start, so one that started earlier may already
+    have saved a state that, in virtual time, is saved only later. Two rules keep that from
+    flattering the forecast: a stored result becomes readable only once the save that wrote
+    it has completed; and a load that completes before the latest save of that server has
+    completed stands for an older state, so the save that follows it fails as a conflict
+    (and the handler reloads, later), as it would on Table Storage.
+    """
 
     def __init__(self, inner: Store, topology: FlexTopology) -> None:
         self.inner = inner
         self.topology = topology
+        # Servers whose last load here stands for a state older than the stored one.
+        self._behind: set[str] = set()
 
     def load(self, server_id: str) -> StoredServer | None:
+        t = self.topology
         try:
             return self.inner.load(server_id)
         finally:
-            self.topology.spend("point_read")
-            self.topology.spend("query")
+            t.spend("point_read")
+            if t.spend("query") < t.saved_at.get(server_id, 0.0):
+                self._behind.add(server_id)
+            else:
+                self._behind.discard(server_id)
 
     def save(self, server_id: str, expected_version: str | None, change: Change) -> str:
-        try:
-            return self.inner.save(server_id, expected_version, change)
-        finally:
-            self.topology.spend("transaction")
+        t = self.topology
+        done = t.spend("transaction")
+        if server_id in self._behind:
+            self._behind.discard(server_id)
+            raise VersionConflict(f"{server_id}: saved meanwhile (virtual time)")
+        version = self.inner.save(server_id, expected_version, change)
+        t.saved_at[server_id] = max(done, t.saved_at.get(server_id, 0.0))
+        for result in change.results:
+            t.result_at[(server_id, result.client_id)] = done
+        return version
 
     def version(self, server_id: str) -> str | None:
         try:
@@ -249,10 +269,11 @@ class _TimedStore:
             self.topology.spend("point_read")
 
     def read_result(self, server_id: str, client_id: str) -> ClientResult | None:
-        try:
-            return self.inner.read_result(server_id, client_id)
-        finally:
-            self.topology.spend("point_read")
+        t = self.topology
+        found = self.inner.read_result(server_id, client_id)
+        if t.spend("point_read") < t.result_at.get((server_id, client_id), 0.0):
+            return None  # its save has not completed yet
+        return found
 
 
 class _SimBus:
@@ -315,6 +336,9 @@ class FlexTopology:
         self._names = itertools.count()
         # The running execution's time, while one runs.
         self._at: float | None = None
+        # When each server's latest save, and each stored result's, completes.
+        self.saved_at: dict[str, float] = {}
+        self.result_at: dict[tuple[str, str], float] = {}
         # Messages waiting for each server's trigger, servers in order of first arrival.
         self._inbox: dict[str, deque[Envelope]] = {}
         self._timer_due = False
@@ -355,20 +379,21 @@ class FlexTopology:
     def _http_instance(self) -> _Instance:
         store = _TimedStore(self.store_factory(), self)
         handlers: dict[str, NodeHandler] = {}
-        bus: Any = self.bus
+        step = None
         if self.step_options is not None:
             handlers = {
                 s: NodeHandler(s, self.servers, store, self.bus, self.step_options)
                 for s in self.servers
             }
-            bus = StepLocally(handlers, self.bus, self.clock)
+            step = StepLocally(handlers, self.bus, self.clock)
         api = ClusterApi(
             self.servers,
             store,
-            bus,
+            self.bus,
             self.limits,
             clock=self.clock,
             monotonic=self.clock.monotonic,
+            step=step,
         )
         instance = _Instance(f"http-{next(self._names)}", store, handlers, api)
         self.http.append(instance)
@@ -423,13 +448,16 @@ class FlexTopology:
     def advance(self, until_ms: float) -> None:
         """Run every event up to `until_ms`."""
         self.start()
-        while self._events and self._events[0][0] <= until_ms:
-            at, _, kind, payload = heapq.heappop(self._events)
-            if at != self.now:
+        while True:
+            if not self._events or self._events[0][0] != self.now:
+                # Everything due now has happened: hand out the work (which may schedule
+                # more for now, handled before time moves on).
                 self._dispatch()
-                self.now = at
+            if not self._events or self._events[0][0] > until_ms:
+                break
+            at, _, kind, payload = heapq.heappop(self._events)
+            self.now = at
             self._handle(kind, payload)
-        self._dispatch()
         self.now = max(self.now, until_ms)
 
     def _handle(self, kind: str, payload: Any) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 from raft.app.kv import KeyValueStore, encode
 from raft.app.state_machine import CommandError, command_bytes
 from raft.core.messages import ClientRequest, Envelope
-from raft.node.handler import UPDATED_AT, NodeHandler
+from raft.node.handler import UPDATED_AT, ConflictRetriesExhausted, NodeHandler
 from raft.ports.bus import Bus
 from raft.ports.clock import Clock, WallClock
 from raft.ports.store import ClientResult, Store
@@ -96,10 +96,13 @@ class ClusterApi:
         validate: Callable[[str], None] | None = None,
         clock: Clock | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        step: Bus | None = None,
     ) -> None:
         self.servers = list(servers)
         self.store = store
         self.bus = bus
+        # Where a command goes when the leader is idle (`StepLocally`); None: `bus` always.
+        self.step = step
         self.limits = limits or ApiLimits()
         self.sleep = sleep
         # Seconds, for the wait's deadline and resends (a virtual clock in raft/hosts/flex.py).
@@ -222,7 +225,12 @@ class ClusterApi:
             )
         request = ClientRequest(client_id, 1, data, issued_at=self.clock.now_ms())
         log.info("request=%s client=%s leader=%s submitted", request_id, client_id, leader_id)
-        self.bus.publish([Envelope(client_id, leader_id, request)])
+        # A leader with nothing in flight has no batch to add the command to: stepping it
+        # here saves a hop. A busy one batches commands from its subscription, and stepping
+        # it here would race its trigger's saves.
+        idle = state.get("last_index") == state.get("commit_index")
+        bus = self.step if self.step is not None and idle else self.bus
+        bus.publish([Envelope(client_id, leader_id, request)])
         now = self.monotonic()
         waiting = Waiting(
             request_id,
@@ -289,6 +297,11 @@ class ClusterApi:
         )
 
 
+# Saves a command stepped from the HTTP function tries before it is published instead: one,
+# since a conflict means the server's own trigger is busy, and that batches commands better.
+STEP_SAVE_ATTEMPTS = 1
+
+
 class StepLocally:
     """A bus for the HTTP function that steps the addressed server's node handler in this
     instance instead of publishing the command to the server's subscription: one Service Bus
@@ -297,8 +310,9 @@ class StepLocally:
     Safe because the step is the node handler's ordinary unit of work, which any instance
     may run: every save is conditional on the version the step started from, so a step that
     races the server's own trigger instance either wins or reloads and steps again. If it
-    cannot save (the handler gives up after its options' conflict retries) or fails, the
-    command is published as usual, so under contention the trigger's batches carry the load.
+    cannot save (the handler gives up after its options' `max_conflict_retries` attempts) or
+    fails, the command is published as usual, so under contention the trigger's batches
+    carry the load.
     """
 
     def __init__(self, handlers: Mapping[str, NodeHandler], bus: Bus, clock: Clock) -> None:
@@ -313,10 +327,16 @@ class StepLocally:
             if handler is None:
                 rest.append(envelope)
                 continue
+            # Its own trigger saves the server between two requests, so a cached copy here
+            # is nearly always stale: load afresh rather than fail a save first.
+            handler.drop_cache()
             try:
                 handler.handle([envelope], self.clock.now_ms())
+            except ConflictRetriesExhausted:
+                log.info("server=%s busy; publishing the command instead", envelope.to)
+                rest.append(envelope)
             except Exception:
-                log.warning("server=%s stepped from HTTP failed; publishing", envelope.to)
+                log.warning("server=%s not stepped; publishing", envelope.to, exc_info=True)
                 rest.append(envelope)
         if rest:
             self.bus.publish(rest)
