@@ -472,6 +472,8 @@ class FlexTopology:
             self._segment(payload, self._check)
         elif kind == "client":
             self._new_call(payload)
+        elif kind == "release":
+            payload.active -= 1
         elif kind == "poll":
             self._queue.append(payload)
             self._start_http()
@@ -484,7 +486,7 @@ class FlexTopology:
         elif kind == "churn":
             self._replace_an_instance()
             self.schedule(self.now + self._next_churn(), "churn")
-        # "free": nothing to do but dispatch, which follows at the next step of time.
+        # "free": nothing to do but dispatch, which follows once everything due now is done.
 
     def _dispatch(self) -> None:
         """Hand waiting work to free instances: the timer's tick, batches to trigger instances,
@@ -618,9 +620,8 @@ class FlexTopology:
     def _answered(self, call: _Call, response: ApiResponse, end: float) -> None:
         instance = call.instance
         assert instance is not None
-        instance.active -= 1
         self._record(instance, "http", call.started, end)
-        self.schedule(end, "free")
+        self.schedule(end, "release", instance)
         if response.status == 200:
             self._sent(call)
             del self._calls[call.request_id]
