@@ -358,7 +358,6 @@ class FlexTopology:
         self._commands = 0
         # (when, latency) of each committed command, in virtual milliseconds.
         self.commits: list[tuple[float, float]] = []
-        self.refusals = 0
         # The harness's own view of the store (not billed, takes no time).
         self.observer = store_factory()
         self.report = FlexReport(servers=len(self.servers), simulated_s=0.0)
@@ -637,7 +636,6 @@ class FlexTopology:
             # No leader, or overloaded (503): the caller tries again after Retry-After, with
             # a new command (the open-loop caller moves on to its next one).
             del self._calls[call.request_id]
-            self.refusals += 1
             if call.client is not None:
                 retry_ms = float(response.headers.get("Retry-After", "1")) * 1000
                 self.schedule(end + retry_ms, "client", call.client)
