@@ -67,3 +67,9 @@ def get_key(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="cluster", methods=["GET"])
 def get_cluster(req: func.HttpRequest) -> func.HttpResponse:
     return host().get_cluster(req)
+
+
+@app.function_name("post_leader")
+@app.route(route="cluster/leader", methods=["POST"])
+def post_leader(req: func.HttpRequest) -> func.HttpResponse:
+    return host().post_leader(req)

@@ -30,6 +30,8 @@ from raft.core.messages import (
     RequestVote,
     RequestVoteResponse,
     Tick,
+    TimeoutNow,
+    TransferLeadership,
 )
 
 WIRE_VERSION = 1
@@ -53,6 +55,8 @@ KINDS: dict[str, type] = {
     "install_snapshot_response": InstallSnapshotResponse,
     "client_request": ClientRequest,
     "client_response": ClientResponse,
+    "timeout_now": TimeoutNow,
+    "transfer_leadership": TransferLeadership,
     "tick": Tick,
 }
 KIND_OF: dict[type, str] = {cls: kind for kind, cls in KINDS.items()}
@@ -76,6 +80,7 @@ SCHEMAS: dict[type, dict[str, str]] = {
         "last_log_index": "nat",
         "last_log_term": "nat",
         "pre_vote": "bool",
+        "transfer": "bool",
     },
     RequestVoteResponse: {"term": "nat", "voter_id": "id", "granted": "bool", "pre_vote": "bool"},
     AppendEntries: {
@@ -85,6 +90,8 @@ SCHEMAS: dict[type, dict[str, str]] = {
         "prev_log_term": "nat",
         "entries": "entries",
         "leader_commit": "nat",
+        "quiesce": "bool",
+        "read_round": "nat",
     },
     AppendEntriesResponse: {
         "term": "nat",
@@ -93,6 +100,7 @@ SCHEMAS: dict[type, dict[str, str]] = {
         "match_index": "nat",
         "conflict_index": "nat",
         "conflict_term": "nat",
+        "read_round": "nat",
     },
     InstallSnapshot: {
         "term": "nat",
@@ -111,6 +119,8 @@ SCHEMAS: dict[type, dict[str, str]] = {
         "next_offset": "nat",
         "done": "bool",
     },
+    TimeoutNow: {"term": "nat", "leader_id": "id"},
+    TransferLeadership: {"target": "id"},
     ClientRequest: {
         "client_id": "id",
         "seq": "nat",
@@ -118,6 +128,7 @@ SCHEMAS: dict[type, dict[str, str]] = {
         "reply_to": "id",
         "hops": "nat",
         "issued_at": "nat",
+        "read_only": "bool",
     },
     ClientResponse: {
         "client_id": "id",

@@ -221,10 +221,10 @@ class _TimedStore:
 
     Executions run whole at the instant they start, so one that started earlier may already
     have saved a state that, in virtual time, is saved only later. Two rules keep that from
-    flattering the forecast: a stored result becomes readable only once the save that wrote
-    it has completed; and a load that completes before the latest save of that server has
-    completed stands for an older state, so the save that follows it fails as a conflict
-    (and the handler reloads, later), as it would on Table Storage.
+    flattering the forecast: a stored result (or a read's answer) becomes readable only once
+    the save that wrote it has completed; and a load that completes before the latest save of
+    that server has completed stands for an older state, so the save that follows it fails as
+    a conflict (and the handler reloads, later), as it would on Table Storage.
     """
 
     def __init__(self, inner: Store, topology: FlexTopology) -> None:
@@ -252,7 +252,7 @@ class _TimedStore:
             raise VersionConflict(f"{server_id}: saved meanwhile (virtual time)")
         version = self.inner.save(server_id, expected_version, change)
         t.saved_at[server_id] = max(done, t.saved_at.get(server_id, 0.0))
-        for result in change.results:
+        for result in (*change.results, *change.read_answers):
             t.result_at[(server_id, result.client_id)] = done
         return version
 
@@ -269,10 +269,17 @@ class _TimedStore:
             self.topology.spend("point_read")
 
     def read_result(self, server_id: str, client_id: str) -> ClientResult | None:
+        return self._visible(server_id, client_id, self.inner.read_result(server_id, client_id))
+
+    def read_answer(self, server_id: str, client_id: str) -> ClientResult | None:
+        return self._visible(server_id, client_id, self.inner.read_answer(server_id, client_id))
+
+    def _visible(
+        self, server_id: str, client_id: str, found: ClientResult | None
+    ) -> ClientResult | None:
         t = self.topology
-        found = self.inner.read_result(server_id, client_id)
         if t.spend("point_read") < t.result_at.get((server_id, client_id), 0.0):
-            return None  # its save has not completed yet
+            return None  # the save that wrote it has not completed yet
         return found
 
 

@@ -2,8 +2,9 @@
 requests here.
 
     POST /api/commands            submit a command; wait for its committed result
+    POST /api/cluster/leader      move leadership to {"server": id}; wait until it leads
     GET  /api/commands/{id}       the outcome of an earlier submission
-    GET  /api/kv/{key}            linearizable read (a get through the log)
+    GET  /api/kv/{key}            linearizable read (ReadIndex: no log entry)
     GET  /api/cluster             each server's role, term, commit and last index, leader
 
 A command is sent to the leader with no reply address (`reply_to` empty): every server records
@@ -26,7 +27,7 @@ from typing import Any
 
 from raft.app.kv import KeyValueStore, encode
 from raft.app.state_machine import CommandError, command_bytes
-from raft.core.messages import ClientRequest, Envelope
+from raft.core.messages import ClientRequest, Envelope, TransferLeadership
 from raft.node.handler import UPDATED_AT, ConflictRetriesExhausted, NodeHandler
 from raft.ports.bus import Bus
 from raft.ports.clock import Clock, WallClock
@@ -78,6 +79,8 @@ class Waiting:
     request_id: str
     request: ClientRequest
     leader_id: str
+    # Where the answer will be: a write's stored result, or a read's answer.
+    answer: Callable[[str, str], ClientResult | None]
     # On the API's monotonic clock (seconds).
     deadline: float
     resend_at: float
@@ -95,6 +98,7 @@ class ClusterApi:
         sleep: Callable[[float], None] = time.sleep,
         validate: Callable[[str], None] | None = None,
         clock: Clock | None = None,
+        is_read_only: Callable[[str], bool] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         step: Bus | None = None,
     ) -> None:
@@ -111,6 +115,8 @@ class ClusterApi:
         self.clock = clock or WallClock()
         # The application's own check, so a malformed command is a 400, not a log entry.
         self.validate = validate or KeyValueStore().validate
+        # Read-only commands are answered by ReadIndex: no log entry, the answer in a slot.
+        self.is_read_only = is_read_only or KeyValueStore().is_read_only
 
     # ----------------------------------------------------------------- routes
 
@@ -177,6 +183,34 @@ class ClusterApi:
             },
         )
 
+    def post_leader(self, body: bytes) -> ApiResponse:
+        """Move leadership to `{"server": id}` (thesis §3.10) and wait until it leads."""
+        try:
+            doc = json.loads(body)
+            target = doc["server"]
+        except (ValueError, TypeError, KeyError, UnicodeDecodeError):
+            return error(400, 'body must be JSON like {"server": "server-2"}')
+        if target not in self.servers:
+            return error(404, f"unknown server {target!r}; servers are {self.servers}")
+        leader = self.find_leader()
+        if leader is None:
+            return error(503, "no leader is known; retry shortly", **{"Retry-After": RETRY_AFTER_S})
+        deadline = time.monotonic() + self.limits.wait_s
+        poll, ask_at = self.limits.poll_s, 0.0
+        while leader is None or leader[0] != target:
+            now = time.monotonic()
+            if now >= deadline:
+                return error(504, f"{target} did not take over in {self.limits.wait_s:g} s")
+            if leader is not None and now >= ask_at:
+                # Asked again after a while: the leader gives up on a target that lags.
+                log.info("transfer leader=%s target=%s", leader[0], target)
+                self.bus.publish([Envelope("operator", leader[0], TransferLeadership(target))])
+                ask_at = now + self.limits.resend_s
+            self.sleep(poll)
+            poll = min(self.limits.max_poll_s, poll * 1.5)
+            leader = self.find_leader()
+        return ApiResponse(200, {"leader": target, "term": leader[1]["current_term"]})
+
     def get_cluster(self) -> ApiResponse:
         servers = []
         for server_id in self.servers:
@@ -214,7 +248,10 @@ class ClusterApi:
         if leader is None:
             return error(503, "no leader is known; retry shortly", **{"Retry-After": RETRY_AFTER_S})
         leader_id, state = leader
-        known = self.store.read_result(leader_id, client_id)
+        read_only = self.is_read_only(data)
+        # A write's result stays under its request id; a read is simply asked again.
+        answer = self.store.read_answer if read_only else self.store.read_result
+        known = None if read_only else answer(leader_id, client_id)
         if known is not None:
             return self.committed(request_id, known)
         if state.get("last_index", 0) - state.get("commit_index", 0) >= self.limits.max_uncommitted:
@@ -223,7 +260,9 @@ class ClusterApi:
                 "overloaded: too many commands waiting to commit",
                 **{"Retry-After": RETRY_AFTER_S},
             )
-        request = ClientRequest(client_id, 1, data, issued_at=self.clock.now_ms())
+        request = ClientRequest(
+            client_id, 1, data, issued_at=self.clock.now_ms(), read_only=read_only
+        )
         log.info("request=%s client=%s leader=%s submitted", request_id, client_id, leader_id)
         # A leader with nothing in flight has no batch to add the command to: stepping it
         # here saves a hop. A busy one batches commands from its subscription, and stepping
@@ -236,6 +275,7 @@ class ClusterApi:
             request_id,
             request,
             leader_id,
+            answer,
             deadline=now + self.limits.wait_s,
             resend_at=now + self.limits.resend_s,
             poll_s=self.limits.poll_s,
@@ -247,7 +287,7 @@ class ClusterApi:
         or `waiting` again (resent to the current leader every `resend_s`)."""
         request_id, client_id = waiting.request_id, waiting.request.client_id
         waiting.poll_s = min(self.limits.max_poll_s, waiting.poll_s * 1.5)
-        found = self.store.read_result(waiting.leader_id, client_id)
+        found = waiting.answer(waiting.leader_id, client_id)
         if found is not None:
             log.info("request=%s committed index=%d term=%d", request_id, found.index, found.term)
             return self.committed(request_id, found)
@@ -257,7 +297,7 @@ class ClusterApi:
             if current is not None and current[0] != waiting.leader_id:
                 waiting.leader_id = current[0]
                 # The new leader may have applied it already: never send it twice then.
-                found = self.store.read_result(waiting.leader_id, client_id)
+                found = waiting.answer(waiting.leader_id, client_id)
                 if found is not None:
                     return self.committed(request_id, found)
             self.bus.publish([Envelope(client_id, waiting.leader_id, waiting.request)])
