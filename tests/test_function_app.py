@@ -60,7 +60,14 @@ def test_timer_reads_its_schedule_from_app_settings(monkeypatch: pytest.MonkeyPa
 def test_http_routes_are_function_key_protected(monkeypatch: pytest.MonkeyPatch) -> None:
     found = bindings(load_app(monkeypatch))
     routes = {b[0]["route"]: b[0] for b in found.values() if b[0]["type"] == "httpTrigger"}
-    assert sorted(routes) == ["cluster", "commands", "commands/{request_id}", "kv/{key}"]
+    assert sorted(routes) == [
+        "cluster",
+        "cluster/leader",
+        "cluster/servers",
+        "commands",
+        "commands/{request_id}",
+        "kv/{key}",
+    ]
     assert {r["authLevel"] for r in routes.values()} == {"FUNCTION"}
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from raft.core.messages import (
     AppendEntries,
     AppendEntriesResponse,
+    ChangeMembership,
     ClientRequest,
     ClientResponse,
     ClientStatus,
@@ -57,13 +58,14 @@ KINDS: dict[str, type] = {
     "client_response": ClientResponse,
     "timeout_now": TimeoutNow,
     "transfer_leadership": TransferLeadership,
+    "change_membership": ChangeMembership,
     "tick": Tick,
 }
 KIND_OF: dict[type, str] = {cls: kind for kind, cls in KINDS.items()}
 
 # Field name -> expected JSON type, per record. "id" is a bounded string, "nat" a
 # non-negative int (never a bool), "str" any string, "bool" a bool, "ids" a bounded list of
-# ids (a cluster configuration).
+# ids (a cluster configuration), "config" the same or empty (an entry that is not one).
 SCHEMAS: dict[type, dict[str, str]] = {
     Entry: {
         "term": "nat",
@@ -73,6 +75,7 @@ SCHEMAS: dict[type, dict[str, str]] = {
         "reply_to": "id",
         "issued_at": "nat",
         "time": "nat",
+        "servers": "config",
     },
     RequestVote: {
         "term": "nat",
@@ -121,6 +124,7 @@ SCHEMAS: dict[type, dict[str, str]] = {
     },
     TimeoutNow: {"term": "nat", "leader_id": "id"},
     TransferLeadership: {"target": "id"},
+    ChangeMembership: {"server": "id", "add": "bool"},
     ClientRequest: {
         "client_id": "id",
         "seq": "nat",
@@ -231,11 +235,12 @@ def _check(kind: str, value: Any, where: str) -> Any:
             return ClientStatus(value)
         except ValueError:
             raise WireError(f"{where}: unknown status {value!r}") from None
-    if kind == "ids":
+    if kind in ("ids", "config"):
         if not isinstance(value, list) or len(value) > MAX_SERVERS:
             raise WireError(f"{where} must be a list of at most {MAX_SERVERS} ids")
         ids = tuple(_check("id", v, f"{where}[{i}]") for i, v in enumerate(value))
-        if not ids or len(set(ids)) != len(ids):
+        # A configuration entry names at least one server; any other entry names none.
+        if (kind == "ids" and not ids) or len(set(ids)) != len(ids):
             raise WireError(f"{where} must name at least one server, each once")
         return ids
     if kind == "entries":

@@ -81,18 +81,22 @@ class FunctionsHost:
         self.clock = clock or WallClock()
         options = node_options(settings)
         self.handlers = {
-            s: NodeHandler(s, settings.servers, store, bus, options) for s in settings.servers
+            s: NodeHandler(s, settings.servers, store, bus, options, settings.spares)
+            for s in settings.all_servers
         }
         # The HTTP function steps an idle leader itself, one Service Bus hop fewer (the
         # forecast in docs/performance.md); its handlers publish instead after a conflict.
         stepping = replace(options, max_conflict_retries=STEP_SAVE_ATTEMPTS)
         step = StepLocally(
-            {s: NodeHandler(s, settings.servers, store, bus, stepping) for s in settings.servers},
+            {
+                s: NodeHandler(s, settings.servers, store, bus, stepping, settings.spares)
+                for s in settings.all_servers
+            },
             bus,
             self.clock,
         )
         self.api = ClusterApi(
-            settings.servers, store, bus, api_limits(settings), clock=self.clock, step=step
+            settings.all_servers, store, bus, api_limits(settings), clock=self.clock, step=step
         )
 
     @classmethod
@@ -157,6 +161,9 @@ class FunctionsHost:
 
     def post_leader(self, req: func.HttpRequest) -> func.HttpResponse:
         return to_http(self.api.post_leader(req.get_body()))
+
+    def change_servers(self, req: func.HttpRequest) -> func.HttpResponse:
+        return to_http(self.api.change_servers(req.get_body(), add=req.method == "POST"))
 
 
 def to_http(response: ApiResponse) -> func.HttpResponse:
