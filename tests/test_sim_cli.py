@@ -59,13 +59,13 @@ def test_a_bug_exits_1_and_leaves_a_trace_that_replays(
     args = _test_args("--variant", "commit-before-majority", "--json", "--out", str(tmp_path))
     assert cli.run_test(args) == 1
     bug = json.loads(capsys.readouterr().out)["bug"]
-    assert bug["property"] == "durability"
+    assert bug["property"] == "commit-safety"
     assert Path(bug["trace"]).exists() and Path(bug["html"]).exists()
 
     assert cli.run_replay(_replay_args(bug["trace"])) == 0
     out = capsys.readouterr().out
     assert out.startswith("#   1 ")
-    assert f"reproduced durability at step {bug['step']}" in out
+    assert f"reproduced commit-safety at step {bug['step']}" in out
 
 
 def test_a_tampered_trace_does_not_replay(
@@ -83,7 +83,7 @@ def test_a_tampered_trace_does_not_replay(
 def test_the_html_timeline_is_self_contained(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cli.run_test(_test_args("--variant", "no-step-down", "--json", "--out", str(tmp_path)))
+    cli.run_test(_test_args("--variant", "vote-not-persisted", "--json", "--out", str(tmp_path)))
     page = Path(json.loads(capsys.readouterr().out)["bug"]["html"]).read_text()
     assert page.startswith("<!DOCTYPE html>")
     assert "<svg" in page and "<style>" in page and "<script>" in page

@@ -17,7 +17,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _test_in_subprocess(out: Path, hash_seed: str) -> None:
     env = {**os.environ, "PYTHONHASHSEED": hash_seed}
-    args = ["--variant", "no-step-down", "--seed", "0", "--iterations", "50", "--out", str(out)]
+    args = [
+        "--variant",
+        "vote-not-persisted",
+        "--seed",
+        "0",
+        "--iterations",
+        "50",
+        "--out",
+        str(out),
+    ]
     done = subprocess.run(
         [sys.executable, "-m", "raft.sim", "test", *args],
         cwd=ROOT,

@@ -24,11 +24,11 @@ def add_test_arguments(parser: argparse.ArgumentParser) -> None:
     add("--iterations", type=int, default=100, help="schedules to explore (default 100)")
     add("--max-steps", type=int, default=defaults.max_steps, help="steps per schedule")
     add(
-        "--liveness-steps",
+        "--liveness-ms",
         type=int,
-        default=defaults.liveness_steps,
-        help="fair steps after faults stop within which a leader and every pending "
-        "request must be done (default %(default)s)",
+        default=defaults.liveness_ms,
+        help="virtual ms after faults stop within which there must be a leader, no pending "
+        "request, and every server must apply what is committed (default %(default)s)",
     )
     add("--seed", type=int, default=0, help="the run's seed (default 0)")
     add("--strategy", choices=STRATEGY_CHOICES, default="portfolio")
@@ -58,7 +58,7 @@ def run_test(args: argparse.Namespace) -> int:
         clients=args.clients,
         keys=args.keys,
         max_steps=args.max_steps,
-        liveness_steps=args.liveness_steps,
+        liveness_ms=args.liveness_ms,
         target=target,
     )
     options = RunOptions(setup, args.seed, args.iterations, args.strategy, args.jobs)

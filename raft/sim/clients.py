@@ -55,6 +55,8 @@ class SimClient:
         self.last_seen: dict[str, Any] = {}
         self.timer = Pending(0, 0, CLIENT, f"{client_id}:timer", client_id)
         self.active = True
+        # Virtual ms between an answer and the next operation.
+        self.think_time = THINK_TIME
 
     def on_timer(self, now: int, choices: Choices, issuing: bool) -> Operation | None:
         """The client's timer fired: issue the next operation (returned, for the history) or
@@ -119,7 +121,7 @@ class SimClient:
             self.done.append(op)
             self.current = None
             self.hint = m.leader_hint
-            self.timer.time = now + THINK_TIME
+            self.timer.time = now + self.think_time
             return op
         if op is None or m.seq != op.seq:
             return None

@@ -15,6 +15,9 @@ from enum import StrEnum
 
 class Fault(StrEnum):
     DROP = "drop"
+    # A server that just became leader crashes as it publishes (its first AppendEntries
+    # lost): leaders that die with entries only they hold (Figure 8's histories).
+    CRASH_NEW_LEADER = "crash_new_leader"
     DUPLICATE = "duplicate"
     DELAY = "delay"
     # Not injected: counted when a strategy delivers a message other than the oldest one.
@@ -24,26 +27,34 @@ class Fault(StrEnum):
     RESTART = "restart"
     PARTITION = "partition"
     HEAL = "heal"
-    # An event handled by the server's second node-handler instance (two function instances).
+    # A message handled by the server's second trigger instance (scaled out, its cache stale).
     RACE = "race"
+    # A function instance replaced by a cold one (no cached state).
+    COLD = "cold_instance"
+    # An operator asks the leader to hand leadership to another server (thesis §3.10).
+    TRANSFER = "transfer_leadership"
     # A server's clock jumps (function instances run on machines whose clocks disagree).
     SKEW = "clock_skew"
 
 
 @dataclass(frozen=True, slots=True)
 class FaultPlan:
-    """Per-step probabilities of each injected fault (at most one fault per step)."""
+    """Per-step probabilities of each injected fault (at most one fault per step), except
+    `crash_new_leader`, drawn each time a server becomes leader. A crash or a partition
+    ends by itself, after a duration drawn when it starts."""
 
     drop: float = 0.0
     duplicate: float = 0.0
     delay: float = 0.0
     crash: float = 0.0
     crash_after_save: float = 0.0
-    restart: float = 0.0
     partition: float = 0.0
-    heal: float = 0.0
     race: float = 0.0
     skew: float = 0.0
+    cold: float = 0.0
+    transfer: float = 0.0
+    # Per election won, not per step.
+    crash_new_leader: float = 0.0
 
     @classmethod
     def default(cls) -> FaultPlan:
@@ -53,27 +64,24 @@ class FaultPlan:
             delay=0.03,
             crash=0.01,
             crash_after_save=0.01,
-            restart=0.03,
             partition=0.01,
-            heal=0.04,
             race=0.05,
             skew=0.02,
+            cold=0.01,
+            transfer=0.005,
+            crash_new_leader=0.25,
         )
 
     @classmethod
     def swarm(cls, rng: random.Random) -> FaultPlan:
         """Each kind on with probability 1/2, at between a fifth of and four times its default
-        rate; restart and heal follow crash and partition so faults can end."""
+        rate."""
         base = cls.default()
         rates: dict[str, float] = {}
         for f in fields(cls):
             on = rng.random() < 0.5
             scale = rng.uniform(0.2, 4.0)
             rates[f.name] = min(0.9, getattr(base, f.name) * scale) if on else 0.0
-        if rates["crash"] or rates["crash_after_save"]:
-            rates["restart"] = rates["restart"] or base.restart
-        if rates["partition"]:
-            rates["heal"] = rates["heal"] or base.heal
         return cls(**rates)
 
     def to_json(self) -> dict[str, float]:

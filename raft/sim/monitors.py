@@ -49,8 +49,9 @@ class LogDigests:
 
 class Monitor:
     """Called after saves that can matter to it: `trigger` is "leader" (the server is a
-    leader after the save), "log" (its log changed) or "commit" (its commit or applied
-    index, or its log, changed). Returns a description of a violation, or None."""
+    leader after the save), "log" (its log changed), "commit" (its commit or applied index,
+    or its log, changed) or "snapshot" (it stored a snapshot or compacted its log). Returns
+    a description of a violation, or None."""
 
     name = "monitor"
     trigger = "log"
@@ -163,6 +164,83 @@ class StateMachineSafety(Monitor):
         return None
 
 
+class CommitSafety(Monitor):
+    """§5.4.3's argument, checked when it is needed rather than when it fails: an entry is
+    committed only once no server without it could be elected, that is, once every server
+    lacking it has a log less up to date (§5.4.1) than the logs of a majority. Leader
+    Completeness then follows for every future leader; a commit that breaks this (Figure 8's)
+    is reported at the commit, not several elections later when a leader overwrites it."""
+
+    name = "commit-safety"
+    trigger = "commit"
+
+    def __init__(self, digests: LogDigests, views: dict[str, PersistedView]) -> None:
+        self.digests = digests
+        self.views = views
+        self.quorum = len(views) // 2 + 1
+        self.checked = 0
+
+    def on_save(self, event: SaveEvent) -> str | None:
+        committed = self.digests.committed
+        index = len(committed)
+        if index <= self.checked:
+            return None
+        self.checked = index
+        ends = {s: (v.log[-1].term if v.log else 0, len(v.log)) for s, v in self.views.items()}
+        for server, digests in self.digests.of.items():
+            if len(digests) >= index and digests[index - 1] == committed[index - 1]:
+                continue
+            # Everyone whose log is no more up to date than `server`'s would vote for it.
+            voters = [s for s, end in ends.items() if end <= ends[server]]
+            if len(voters) >= self.quorum:
+                return (
+                    f"entry {index} was committed, but {server}, which lacks it, could be elected "
+                    f"by {sorted(voters)}, whose logs are no more up to date than its own"
+                )
+        return None
+
+
+class SnapshotSafety(Monitor):
+    """Compaction discards only what a snapshot holds, and snapshots agree: a server's log
+    starts no later than its latest snapshot and its commit index (entries compacted are
+    committed and applied); a snapshot, taken or installed, covers only committed entries;
+    and two snapshots at one index are identical (the same term and applied state), which a
+    transfer that lost, repeated or reordered chunks, or resumed after a crash mid-install,
+    would break."""
+
+    name = "snapshot-safety"
+    trigger = "snapshot"
+
+    def __init__(self, servers: tuple[str, ...]) -> None:
+        self.latest = dict.fromkeys(servers, 0)
+        # index -> (term, hash of the data) of the first snapshot seen there.
+        self.seen: dict[int, tuple[int, int]] = {}
+
+    def on_save(self, event: SaveEvent) -> str | None:
+        state, snapshot, server = event.state, event.change.snapshot, event.server
+        commit = state["commit_index"]
+        if snapshot is not None:
+            if snapshot.index > commit:
+                return (
+                    f"{server} stored a snapshot at index {snapshot.index}, past its "
+                    f"commit index {commit}"
+                )
+            digest = (snapshot.term, hash(snapshot.data))
+            if self.seen.setdefault(snapshot.index, digest) != digest:
+                return (
+                    f"{server} stored a snapshot at index {snapshot.index} that differs from "
+                    f"another snapshot at that index"
+                )
+            self.latest[server] = snapshot.index
+        start = state["log_start"]
+        if start > min(commit, self.latest[server]):
+            return (
+                f"{server} compacted its log up to {start}, past its commit index {commit} or "
+                f"its latest snapshot (at {self.latest[server]})"
+            )
+        return None
+
+
 class LeaderCompleteness(Monitor):
     """§5.4: a leader's log holds every entry committed in an earlier term. (A leader of a
     stale term elected late need not hold entries committed in later terms.)"""
@@ -272,23 +350,83 @@ class Linearizability:
 
 
 class Liveness:
-    """Coyote's hot monitor: hot while no server is leader or a client request is pending.
-    In the fair suffix it must cool down within `bound` steps (TigerBeetle's liveness mode)."""
+    """Coyote's hot monitor, judged on virtual time (TigerBeetle's liveness mode): once faults
+    stop and scheduling is fair, the cluster must within `bound_ms` virtual milliseconds have
+    a leader, no pending client request, and every server must have applied everything
+    committed. A step count would not do: when many delayed messages fall due at once,
+    hundreds of steps pass in a few virtual milliseconds. Steps are still capped, at
+    `steps_per_ms` a virtual millisecond, so a schedule is bounded: a correct cluster at rest
+    sends a few messages per heartbeat, so more is a message storm, itself a liveness bug."""
 
     name = "liveness"
 
-    def __init__(self, bound: int) -> None:
-        self.bound = bound
-        self.hot_steps = 0
+    def __init__(self, bound_ms: int, steps_per_ms: int = 10) -> None:
+        self.bound_ms = bound_ms
+        self.max_steps = bound_ms * steps_per_ms
+        self.started = 0
+        self.first_step = 0
 
-    def hot(self, has_leader: bool, pending: int) -> bool:
-        return not has_leader or pending > 0
+    def start(self, now: int, step: int) -> None:
+        self.started, self.first_step = now, step
 
-    def after_step(self, has_leader: bool, pending: int) -> str | None:
-        if not self.hot(has_leader, pending):
+    def after_step(self, now: int, step: int, unfinished: str | None) -> str | None:
+        """`unfinished` says what is still hot, None when the monitor cooled down."""
+        if unfinished is None:
             return None
-        self.hot_steps += 1
-        if self.hot_steps > self.bound:
-            what = "no leader was elected" if not has_leader else f"{pending} requests pending"
-            return f"{self.bound} fair, fault-free steps after faults stopped and {what}"
+        if now - self.started > self.bound_ms:
+            return f"{unfinished} {self.bound_ms} virtual ms after faults stopped"
+        if step - self.first_step > self.max_steps:
+            return (
+                f"{unfinished} after {self.max_steps} fair steps, which covered only "
+                f"{now - self.started} virtual ms: a message storm"
+            )
+        return None
+
+
+class Stability:
+    """Once the cluster has settled after faults stop (see `Liveness`), with the network
+    fault-free and the leader up, one client sends a steady load (a command per heartbeat
+    interval) for `window_ms`. No server may start a new term and the leader (of the newest
+    term) must stay leader (stability: servers that lag may catch up with its term, and a
+    stale leader step down). And servers may send one another no more than heartbeats and
+    the commands need (cost): an AppendEntries and its response per follower per heartbeat
+    interval (one more for the interval the window starts in) and per round the leader owes
+    the load (an entry committed, a read confirmed), plus one answer to each message in
+    flight when the window opens."""
+
+    name = "stability"
+    cost = "cost"
+
+    def __init__(
+        self,
+        term: int,
+        leader: str,
+        messages: int,
+        inflight: int,
+        servers: int,
+        window_ms: int,
+        heartbeat_ms: int,
+    ) -> None:
+        self.term = term
+        self.leader = leader
+        self.messages = messages
+        self.per_round = 2 * (servers - 1)
+        self.bound = self.per_round * (window_ms // heartbeat_ms + 1) + inflight
+
+    def after_step(self, term: int, leader_role: str) -> str | None:
+        if term != self.term:
+            return f"term {term} started after term {self.term}, with no fault and the leader up"
+        if leader_role != "leader":
+            return f"leader {self.leader} became {leader_role} with no fault"
+        return None
+
+    def at_end(self, messages: int, rounds: int) -> str | None:
+        """`rounds`: entries the leader committed and reads it answered in the window."""
+        sent = messages - self.messages
+        bound = self.bound + self.per_round * rounds
+        if sent > bound:
+            return (
+                f"servers sent {sent} messages for {rounds} commands, more than the {bound} "
+                f"that heartbeats, the commands and answers to messages in flight need"
+            )
         return None

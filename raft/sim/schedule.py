@@ -22,8 +22,10 @@ class SimSetup:
     clients: int = 3
     keys: int = 2
     max_steps: int = 200
-    # Fair steps the liveness monitor may stay hot after faults stop.
-    liveness_steps: int = 400
+    # Virtual ms after faults stop within which the cluster must have a leader, answer every
+    # pending request and apply everything committed on every server: a few times what a
+    # few elections and client retries take, all ten times shorter than production's.
+    liveness_ms: int = 3000
     election_timeout_min: int = 150
     election_timeout_max: int = 300
     heartbeat_interval: int = 50
@@ -34,10 +36,12 @@ class SimSetup:
     # Snapshot the applied state often, so restoring from a snapshot (every cold load after
     # a crash or on a second instance) is exercised within short schedules.
     snapshot_every: int = 8
-    # Keep few entries behind a snapshot, so lagging or restarted followers need
-    # InstallSnapshot (and its chunks, kept small) within short schedules.
-    compaction_keep: int = 2
-    snapshot_chunk_chars: int = 200
+    # Keep one entry behind a snapshot, so lagging or restarted followers need
+    # InstallSnapshot within short schedules; and send it in chunks small enough that a
+    # transfer takes several (a key-value snapshot here is a few hundred characters), so
+    # lost, repeated and reordered chunks and crashes mid-transfer happen.
+    compaction_keep: int = 1
+    snapshot_chunk_chars: int = 64
     # Quiescence: a short check interval, so that groups quiesce, wake and fail while
     # quiescent within short schedules (the production default is 100 heartbeats).
     quiesce_check_interval: int = 400

@@ -1,12 +1,14 @@
-"""One schedule: a whole cluster (two node-handler instances per server over one store),
-simulated clients, the network and the monitors, driven step by step by a `Choices` source.
+"""One schedule: a whole cluster (node handlers on several function instances over one
+store, see `instances.py`), simulated clients, the network and the monitors, driven step by
+step by a `Choices` source.
 
 A step is one event chosen from those that are due: a message delivery, a server's timer
 firing or a client's timer. Virtual time (milliseconds) only moves when the chosen event is
 in the future: when nothing is due, or when a strategy lets time pass with messages in flight.
-Faults happen at step boundaries (crash, restart, partition, heal), at delivery (drop,
-duplicate), at publish (delay) and around the handler call (which instance runs it, and a
-crash after the save that loses the outbox the handler was publishing).
+Faults happen at step boundaries (crash, restart, partition, heal, an instance replaced),
+at delivery (drop, duplicate), at publish (delay) and around the handler call (which trigger
+instance runs it, and a crash after the save that loses the outbox the handler was
+publishing).
 """
 
 from __future__ import annotations
@@ -15,15 +17,17 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from raft.core.messages import ClientResponse, Envelope
+from raft.core.messages import ClientResponse, Envelope, TransferLeadership
 from raft.core.wire import KIND_OF
-from raft.node.handler import NodeHandler, NodeOptions
+from raft.node.handler import NodeOptions
 from raft.sim.clients import ClientProtocolError, SimClient
 from raft.sim.coverage import Coverage
 from raft.sim.faults import Fault, FaultPlan
 from raft.sim.injector import CRASH_AFTER_SAVE, DROP, DUPLICATE, RACE, FaultInjector
+from raft.sim.instances import Instances
 from raft.sim.linearizability import Operation
 from raft.sim.monitors import (
+    CommitSafety,
     Durability,
     ElectionSafety,
     LeaderAppendOnly,
@@ -33,6 +37,8 @@ from raft.sim.monitors import (
     LogDigests,
     LogMatching,
     Monitor,
+    SnapshotSafety,
+    Stability,
     StateMachineSafety,
     Violation,
 )
@@ -41,9 +47,11 @@ from raft.sim.schedule import Outcome, ScheduleSpec, SimSetup
 from raft.sim.storage import SaveEvent, WatchedStore
 from raft.sim.strategies import FAIR, Choices, Recorder
 from raft.sim.tracer import Tracer
-from raft.sim.variants import ServerFactory, resolve_target
+from raft.sim.variants import ServerFactory, resolve_handler, resolve_target
 
 NO_FAULTS = FaultPlan()
+# The sender of operators' requests (leadership transfers).
+OPERATOR = "operator"
 MESSAGE_TYPES: tuple[type, ...] = tuple(KIND_OF)
 # A timer event that changed nothing (an instance whose cached state is stale still thinks
 # the deadline is ahead) comes back after this many virtual ms, as a periodic timer trigger
@@ -84,12 +92,19 @@ class Simulator:
         self.network = Network(self.servers)
         self.down: set[str] = set()
         self.skew = dict.fromkeys(self.servers, 0)
-        # Scenario tests: messages matching this are delivered twice.
-        self.duplicate_filter: Callable[[Envelope], bool] | None = None
+        # Servers whose clock jumped and that have not ticked since.
+        self._jumped: set[str] = set()
+        # Scenario tests' network conditions: for each message sent, the extra delay (ms) of
+        # each copy delivered; () loses it, two copies duplicate it.
+        self.link: Callable[[Envelope], Sequence[int]] | None = None
         self.store = WatchedStore(self.servers, self._on_save)
         self.views = self.store.views
         self._outbox_lost = False
         self._saved = False
+        # Whether the server being run became leader in this step, and crashes for it.
+        self._elected = self._deposed = False
+        # Messages servers published to servers (lost ones included).
+        self.server_messages = 0
         self._fault = 0
         # Virtual ms by which messages published during this step are delayed.
         self.delay = 0
@@ -101,14 +116,12 @@ class Simulator:
             compaction_keep=setup.compaction_keep,
             server_factory=factory or resolve_target(setup.target),
         )
-        # The simulator is the bus (its `publish`) both instances of every server use.
-        self.handlers = {
-            s: (
-                NodeHandler(s, self.servers, self.store, self, options),
-                NodeHandler(s, self.servers, self.store, self, options),
-            )
-            for s in self.servers
-        }
+        # The simulator is the bus (its `publish`) every handler on every instance uses.
+        handler = resolve_handler(setup.target)
+        self.instances = Instances(
+            self.servers, lambda s: handler(s, self.servers, self.store, self, options)
+        )
+        self.instance_count = self.instances.count
         self.timers = {s: Pending(0, 0, TICK, f"{s}:timer", s) for s in self.servers}
         self._timer_items: list[Pending] = []
         keys = tuple("xyzw"[i] if i < 4 else f"k{i}" for i in range(setup.keys))
@@ -139,16 +152,19 @@ class Simulator:
             LeaderAppendOnly(),
             LogMatching(self.digests),
             StateMachineSafety(self.digests),
+            # After StateMachineSafety, which extends the committed log it reads.
+            CommitSafety(self.digests, self.views),
             LeaderCompleteness(self.digests),
+            SnapshotSafety(self.servers),
         ]
         self.durability = Durability(self.servers, self.views)
         self.save_monitors.append(self.durability)
         self._watching = {
             trigger: [m for m in self.save_monitors if m.trigger == trigger]
-            for trigger in ("leader", "log", "commit")
+            for trigger in ("leader", "log", "commit", "snapshot")
         }
         self.linearizability = Linearizability()
-        self.liveness = Liveness(setup.liveness_steps)
+        self.liveness = Liveness(setup.liveness_ms)
         self.tracing = tracing
         self.tracer = Tracer(tracing)
 
@@ -160,12 +176,86 @@ class Simulator:
             self.step()
         if self.violation is None and self.spec.fair_suffix:
             self.stop_faults()
-            while self.violation is None and self.liveness.hot(self.has_leader(), self.pending_ops):
-                self.step()
-                problem = self.liveness.after_step(self.has_leader(), self.pending_ops)
-                if problem:
-                    self.violate(self.liveness.name, problem)
+            self.settle()
+            if self.violation is None:
+                self.rest()
         return self.outcome()
+
+    def settle(self) -> None:
+        """Step (fairly, faults stopped) until the liveness monitor cools down."""
+        self.liveness.start(self.now, self.step_no)
+        while self.violation is None:
+            unfinished = self.unfinished()
+            if unfinished is None:
+                return
+            self.step()
+            problem = self.liveness.after_step(self.now, self.step_no, unfinished)
+            if problem:
+                self.violate(self.liveness.name, problem)
+
+    def rest(self) -> None:
+        """The settled cluster under a steady load for a while: the stability and cost
+        monitors. Only if the network is fault-free by then: a message a fault delayed,
+        still in flight, arrives late and rightly makes the leader probe again (or wakes a
+        quiescent follower), which neither property can tell from a server that misbehaves."""
+        if not self.clients or any(item.time > self.now for item in self.network.inflight):
+            return
+        leader = self.leaders()[0]
+        # Long enough for any follower whose timer the heartbeats fail to reset to time out.
+        window = self.setup.election_timeout_max
+        stability = Stability(
+            self._newest_term(),
+            leader,
+            self.server_messages,
+            len(self.network.inflight),
+            len(self.servers),
+            window,
+            self.config.heartbeat_interval,
+        )
+        load = self.clients[0]
+        load.think_time = self.config.heartbeat_interval
+        self.issuing = True
+        self.wake(load)
+        commit = self.views[leader].state["commit_index"]
+        answered = len(load.done)
+        end = self.now + window
+        while self.violation is None and self.next_time() <= end:
+            self.step()
+            problem = stability.after_step(self._newest_term(), self.role_of(leader))
+            if problem:
+                self.violate(stability.name, problem)
+        self.issuing = False
+        reads = sum(op.op == "get" for op in load.done[answered:])
+        rounds = self.views[leader].state["commit_index"] - commit + reads
+        problem = stability.at_end(self.server_messages, rounds)
+        if problem:
+            self.violate(stability.cost, problem)
+
+    def _newest_term(self) -> int:
+        return max(int(self.views[s].state.get("current_term", 0)) for s in self.servers)
+
+    def unfinished(self) -> str | None:
+        """What keeps the liveness monitor hot, or None: no leader, requests pending, or a
+        server that has not applied all of the (newest) leader's log, which, faults over,
+        must all commit."""
+        leaders = self.leaders()
+        if not leaders:
+            return "no leader was elected"
+        if self.pending_ops:
+            return f"{self.pending_ops} client requests still pending"
+        states = [self.views[s].state for s in self.servers]
+        end = max(
+            self.views[leaders[0]].state["last_index"],
+            *(state.get("commit_index", 0) for state in states),
+        )
+        behind = [
+            s
+            for s, state in zip(self.servers, states, strict=True)
+            if state.get("last_applied", 0) < end
+        ]
+        if behind:
+            return f"{', '.join(behind)} had not applied the leader's log up to {end}"
+        return None
 
     def outcome(self) -> Outcome:
         recorded = self.recorder.steps if self.recorder is not None else None
@@ -200,14 +290,30 @@ class Simulator:
         choices.next_step()
         self.delay = 0
         self._fault = self.injector.draw() if self.injector.active else 0
-        items, earliest, due = self._enabled()
-        item = items[choices.event(items, earliest, due, self.step_no)]
+        if choices is FAIR:
+            # The fair suffix: the oldest event, found without listing what is due.
+            item = self._oldest()
+        else:
+            items, earliest, due = self._enabled()
+            item = items[choices.event(items, earliest, due, self.step_no)]
+            head = items[earliest]
+            if item is not head and item.kind == DELIVER and head.kind == DELIVER:
+                self.coverage.faults[Fault.REORDER] += 1
+        self._execute(item)
+
+    def step_with(self, item: Pending, fault: int = 0) -> None:
+        """One step running `item`, chosen by the caller rather than a strategy, with
+        `fault` (a drop, duplicate, racing instance or crash after the save, as the injector
+        numbers them) applied to it: scripted scenarios."""
+        self.step_no += 1
+        self.delay = 0
+        self._fault = fault
+        self._execute(item)
+
+    def _execute(self, item: Pending) -> None:
         if item.time > self.now:
             self.now = item.time
         if item.kind == DELIVER:
-            head = items[earliest]
-            if item is not head and head.kind == DELIVER:
-                self.coverage.faults[Fault.REORDER] += 1
             self._deliver(item)
         elif item.kind == TICK:
             if self.tracing:
@@ -220,6 +326,24 @@ class Simulator:
             self.tracer.finish_step(
                 self.step_no, self.now, self.network.partition_name, self._server_rows
             )
+
+    def _oldest(self) -> Pending:
+        """The event with the smallest (time, seq): the oldest due one, else the next."""
+        oldest: Pending | None = None
+        for group in (self.network.inflight, self._timer_items):
+            for item in group:
+                if (
+                    oldest is None
+                    or item.time < oldest.time
+                    or (item.time == oldest.time and item.seq < oldest.seq)
+                ):
+                    oldest = item
+        assert oldest is not None, "every live server has a timer"
+        return oldest
+
+    def next_time(self) -> int:
+        """When the oldest pending event is due (what a fair step runs next)."""
+        return self._oldest().time
 
     def _enabled(self) -> tuple[list[Pending], int, int]:
         """Due events, then the next future one; the index of the oldest due event; and how
@@ -289,15 +413,21 @@ class Simulator:
 
     def _run_server(self, server: str, envelope: Envelope | None) -> None:
         fault = self._fault
-        instance = 1 if fault == RACE else 0
         crash = fault == CRASH_AFTER_SAVE
-        if instance:
-            self.coverage.faults[Fault.RACE] += 1
-            self.tracer.note("second instance")
-        handler = self.handlers[server][instance]
+        if envelope is None:
+            handler = self.instances.for_tick(server)
+            self._jumped.discard(server)
+        else:
+            scaled_out = fault == RACE
+            if scaled_out:
+                self.coverage.faults[Fault.RACE] += 1
+                self.tracer.note("second trigger instance")
+            handler = self.instances.for_delivery(server, scaled_out)
         self._outbox_lost = crash
         self._saved = False
+        self._elected = self._deposed = False
         local_now = max(1, self.now + self.skew[server])
+        loads, conflicts = self.store.loads, self.store.inner.conflicts
         try:
             if envelope is None:
                 handler.tick(local_now)
@@ -307,6 +437,11 @@ class Simulator:
             self.violate("handler-exception", f"{server}: {type(exc).__name__}: {exc}")
         finally:
             self._outbox_lost = False
+        if self.tracing:
+            if self.store.inner.conflicts != conflicts:
+                self.tracer.note("its save conflicted: another instance had saved")
+            if self.store.loads != loads:
+                self.tracer.note("its handler loaded the stored state (cache cold or stale)")
         if envelope is None and not self._saved and server in self.timers:
             timer = self.timers[server]
             timer.time = max(timer.time, self.now + TIMER_PERIOD)
@@ -314,6 +449,18 @@ class Simulator:
             self.coverage.faults[Fault.CRASH_AFTER_SAVE] += 1
             self.tracer.note(f"crash of {server} after its save: outbox lost")
             self.crash(server)
+            self.injector.crashed(server)
+        elif self._deposed:
+            self.coverage.faults[Fault.CRASH_NEW_LEADER] += 1
+            self.tracer.note(f"crash of {server}, just elected, before its messages left")
+            self.crash(server)
+            self.injector.crashed(server)
+
+    def deliver_now(self, server: str, envelope: Envelope) -> None:
+        """Hand `envelope` to the server's trigger instance at once, outside any step (the
+        scenario API's `start`)."""
+        self._fault = 0
+        self._run_server(server, envelope)
 
     def code(self, kind: int, target: str, sender: str = "", message: type | None = None) -> int:
         """The event's identity as a positive int (see `Pending.code`)."""
@@ -379,24 +526,36 @@ class Simulator:
         """The bus port: a handler publishes its batch (all from its own server)."""
         if self._outbox_lost or not envelopes:
             return
+        if self._elected and self.injector.active and self.injector.crashes_new_leader():
+            self._deposed = True
+            return
         role = self.role_of(envelopes[0].sender)
         sent = self.coverage.sent
+        servers = self.server_set
         for envelope in envelopes:
             sent[(role, KIND_OF[type(envelope.message)])] += 1
+            if envelope.to in servers:
+                self.server_messages += 1
             self.enqueue(envelope)
 
     def enqueue(self, envelope: Envelope) -> None:
         to = envelope.to
-        if (envelope.sender, to) in self.network.blocked:
+        if (envelope.sender, to) in self.network.blocked or to not in self._actors:
+            # Cut off, or addressed to no server or client: on the bus, a message no
+            # subscription matches is dropped.
             return
-        if self.duplicate_filter is not None and self.duplicate_filter(envelope):
-            self.coverage.faults[Fault.DUPLICATE] += 1
-            self._enqueue(envelope)
-        self._enqueue(envelope)
+        if self.link is None:
+            self._enqueue(envelope, 0)
+            return
+        delays = self.link(envelope)
+        if len(delays) != 1:
+            self.coverage.faults[Fault.DROP if not delays else Fault.DUPLICATE] += 1
+        for delay in delays:
+            self._enqueue(envelope, delay)
 
-    def _enqueue(self, envelope: Envelope) -> None:
+    def _enqueue(self, envelope: Envelope, extra_delay: int) -> None:
         to = envelope.to
-        time = self.now + self.delay
+        time = self.now + self.delay + extra_delay
         self.seq += 1
         key = (to, envelope.sender, type(envelope.message))
         code = self._codes.get(key)
@@ -411,9 +570,8 @@ class Simulator:
     # ----------------------------------------------------------------- the cluster's shape
 
     def crash(self, server: str) -> None:
-        """The server's instances die: caches and unsent messages are gone, the store is not."""
-        for handler in self.handlers[server]:
-            handler.drop_cache()
+        """The server's handlers die: caches and unsent messages are gone, the store is not."""
+        self.instances.crash(server)
         self.down.add(server)
         self.timers.pop(server, None)
         self._rebuild_timers()
@@ -434,12 +592,28 @@ class Simulator:
             self._rearm(server, state)
         self.tracer.note(f"restart {server}")
 
+    def transfer_leadership(self, leader: str, target: str) -> None:
+        """An operator asks `leader` to hand leadership to `target` (a message like any
+        other: it can be lost with the leader, or arrive after it stepped down)."""
+        self.coverage.faults[Fault.TRANSFER] += 1
+        self.enqueue(Envelope(OPERATOR, leader, TransferLeadership(target)))
+        self.tracer.note(f"an operator asks {leader} to transfer leadership to {target}")
+
+    def replace_instance(self, which: int) -> None:
+        self.coverage.faults[Fault.COLD] += 1
+        name = self.instances.replace(which)
+        self.tracer.note(f"{name} replaced by a cold one")
+
     def set_skew(self, server: str, offset: int) -> None:
         self.coverage.faults[Fault.SKEW] += 1
         self.skew[server] = offset
-        state = self.views[server].state
-        if state and server in self.timers:
-            self._rearm(server, state)
+        # The periodic timer trigger ticks the server soon, whatever its deadlines say: then
+        # it notices the jump (the core pulls back times set by a clock that ran ahead).
+        # Waiting for a deadline set by the old clock could leave a leader silent for as
+        # long as its clock was ahead. Until that tick, saves do not re-arm it later.
+        self._jumped.add(server)
+        if server in self.timers:
+            self._rearm(server, self.views[server].state)
         self.tracer.note(f"clock of {server} now {offset:+d} ms")
 
     def partition(self, name: str, pairs: set[tuple[str, str]]) -> None:
@@ -458,20 +632,25 @@ class Simulator:
         server, before, change = event.server, event.before, event.change
         state = change.state
         self._saved = True
-        self.digests.update(server, change, event.view)
+        log_changed = change.log_from is not None
+        if log_changed:
+            self.digests.update(server, change, event.view)
         if self.violation is None:
-            log_changed = change.log_from is not None
             watching = self._watching
-            due = watching["log"] if log_changed else []
+            due = [*watching["log"]] if log_changed else []
             if state["role"] == "leader":
-                due = due + watching["leader"]
+                due += watching["leader"]
             if (
                 log_changed
                 or before is None
                 or before["commit_index"] != state["commit_index"]
                 or before["last_applied"] != state["last_applied"]
             ):
-                due = due + watching["commit"]
+                due += watching["commit"]
+            if change.snapshot is not None or (
+                before is not None and before["log_start"] != state["log_start"]
+            ):
+                due += watching["snapshot"]
             for monitor in due:
                 problem = monitor.on_save(event)
                 if problem:
@@ -481,17 +660,20 @@ class Simulator:
         previous = before["role"] if before else "follower"
         if role != previous:
             self.coverage.transitions[(previous, role)] += 1
+            self._elected = role == "leader"
         if server in self.timers:
             self._rearm(server, state)
 
     def _rearm(self, server: str, state: dict[str, Any]) -> None:
-        if state["role"] == "leader":
+        if server in self._jumped or not state:
+            deadline = self.now
+        elif state["role"] == "leader":
             deadline = state["heartbeat_deadline"]
             if self.config.check_quorum:
                 deadline = min(deadline, state["quorum_check_deadline"])
+            deadline -= self.skew[server]
         else:
-            deadline = state["election_deadline"]
-        deadline -= self.skew[server]
+            deadline = state["election_deadline"] - self.skew[server]
         timer = self.timers[server]
         if timer.time != deadline:
             self.seq += 1
@@ -507,10 +689,10 @@ class Simulator:
         role: str = self.views[server].state.get("role", "follower")
         return role
 
-    def has_leader(self) -> bool:
-        return any(
-            self.views[s].state.get("role") == "leader" for s in self.servers if s not in self.down
-        )
+    def leaders(self) -> list[str]:
+        """Live servers whose stored role is leader, highest term first."""
+        live = [s for s in self.servers if s not in self.down and self.role_of(s) == "leader"]
+        return sorted(live, key=lambda s: -self.views[s].state["current_term"])
 
     def _server_rows(self) -> dict[str, list[Any]]:
         rows = {}

@@ -47,8 +47,11 @@ class WatchedStore:
         self.inner = InMemoryStore()
         self.views = {s: PersistedView() for s in servers}
         self.listener = listener
+        # Loads so far: a handler loads when its cache is cold or stale (traces note it).
+        self.loads = 0
 
     def load(self, server_id: str) -> StoredServer | None:
+        self.loads += 1
         return self.inner.load(server_id)
 
     def version(self, server_id: str) -> str | None:
@@ -75,7 +78,7 @@ class WatchedStore:
         entries it covers, which this server may never have held: take them from a server
         that has committed that far (every such server holds the same ones). Returns the
         first index rewritten, if any."""
-        log_start = change.state.get("log_start", 0)
+        log_start: int = change.state.get("log_start", 0)
         if change.snapshot is None or log_start == 0:
             return None
         donor = next(
@@ -104,3 +107,6 @@ class WatchedStore:
 
     def read_result(self, server_id: str, client_id: str) -> ClientResult | None:
         return self.inner.read_result(server_id, client_id)
+
+    def read_answer(self, server_id: str, client_id: str) -> ClientResult | None:
+        return self.inner.read_answer(server_id, client_id)

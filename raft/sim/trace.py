@@ -17,7 +17,7 @@ from raft.sim.monitors import Violation
 from raft.sim.runner import Investigation, replay
 from raft.sim.schedule import ScheduleSpec, SimSetup
 
-FORMAT = "raft-sim-trace/1"
+FORMAT = "raft-sim-trace/2"
 
 
 def build(setup: SimSetup, investigation: Investigation) -> dict[str, Any]:

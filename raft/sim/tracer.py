@@ -25,6 +25,11 @@ class Tracer:
         if self.enabled:
             self._notes.append(text)
 
+    def take_notes(self) -> list[str]:
+        """The notes left since the last step (faults carried out between steps)."""
+        notes, self._notes = self._notes, []
+        return notes
+
     def event(self, event: dict[str, Any]) -> None:
         if self.enabled:
             self._event = event
