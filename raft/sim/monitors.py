@@ -177,8 +177,11 @@ class CommitSafety(Monitor):
     def __init__(self, digests: LogDigests, views: dict[str, PersistedView]) -> None:
         self.digests = digests
         self.views = views
-        self.quorum = len(views) // 2 + 1
         self.checked = 0
+
+    def _config(self, server: str) -> tuple[str, ...]:
+        """The servers `server` uses; all of them until it has saved (the first one)."""
+        return tuple(self.views[server].state.get("servers") or self.views)
 
     def on_save(self, event: SaveEvent) -> str | None:
         committed = self.digests.committed
@@ -190,9 +193,18 @@ class CommitSafety(Monitor):
         for server, digests in self.digests.of.items():
             if len(digests) >= index and digests[index - 1] == committed[index - 1]:
                 continue
-            # Everyone whose log is no more up to date than `server`'s would vote for it.
-            voters = [s for s, end in ends.items() if end <= ends[server]]
-            if len(voters) >= self.quorum:
+            # Everyone whose log is no more up to date than `server`'s would vote for it, if
+            # each has the other in its configuration (a server ignores vote requests from
+            # outside it, and campaigns only inside its own).
+            config = self._config(server)
+            if server not in config:
+                continue
+            voters = [
+                s
+                for s, end in ends.items()
+                if s in config and server in self._config(s) and end <= ends[server]
+            ]
+            if len(voters) >= len(config) // 2 + 1:
                 return (
                     f"entry {index} was committed, but {server}, which lacks it, could be elected "
                     f"by {sorted(voters)}, whose logs are no more up to date than its own"
@@ -272,8 +284,8 @@ class LeaderCompleteness(Monitor):
 
 
 class Durability(Monitor):
-    """Every write a client saw acknowledged is in the persisted log of a majority, so it
-    survives the crash of any minority (and stays there)."""
+    """Every write a client saw acknowledged is in the persisted log of enough servers that no
+    majority lacks it, so it survives the crash of any minority (and stays there)."""
 
     name = "durability"
     trigger = "log"
@@ -323,9 +335,12 @@ class Durability(Monitor):
 
     def _check(self, index: int) -> str | None:
         term, client, seq, holders = self.acked[index]
-        # A majority of the configuration in effect at that index (membership changes move it).
-        servers = self._config_at(index, holders)
-        if len(holders & set(servers)) < len(servers) // 2 + 1:
+        # No majority of the configuration in effect at that index, nor of the one a holder
+        # uses now, may consist of servers without it: every election needs such a majority
+        # (membership changes move it, one server at a time, thesis §4.1).
+        configs = [self._config_at(index, holders)]
+        configs += [tuple(self.views[h].state.get("servers") or ()) for h in sorted(holders)]
+        if any(len(set(c) - holders) >= len(c) // 2 + 1 for c in configs if c):
             return (
                 f"acknowledged write {client}#{seq} (index {index}, term {term}) is stored on "
                 f"only {sorted(holders)}: a crash of the others would lose it"
