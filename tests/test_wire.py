@@ -19,9 +19,9 @@ from raft.core.messages import (
     RequestVote,
     RequestVoteResponse,
 )
-from raft.core.wire import MAX_WIRE_BYTES, WIRE_VERSION, WireError, decode, encode
+from raft.core.wire import MAX_NAT, MAX_WIRE_BYTES, WIRE_VERSION, WireError, decode, encode
 
-nat = st.integers(min_value=0, max_value=2**53)
+nat = st.integers(min_value=0, max_value=MAX_NAT)
 ident = st.text(max_size=20)
 entry = st.builds(Entry, nat, ident, nat, st.text(max_size=50), ident)
 message = st.one_of(

@@ -26,6 +26,7 @@ from typing import Any
 
 from raft.app.kv import KeyValueStore, encode
 from raft.app.state_machine import CommandError, command_bytes
+from raft.core import strict_json
 from raft.core.messages import ClientRequest, Envelope
 from raft.node.handler import UPDATED_AT
 from raft.ports.bus import Bus
@@ -33,7 +34,7 @@ from raft.ports.store import ClientResult, Store
 
 log = logging.getLogger("raft.http")
 
-REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,100}")
 CLIENT_PREFIX = "http-"
 RETRY_AFTER_S = "1"
 
@@ -87,14 +88,20 @@ class ClusterApi:
     # ----------------------------------------------------------------- routes
 
     def post_command(self, body: bytes, request_id: str | None) -> ApiResponse:
+        """Every refusal happens here, before anything is sent, and with the checks the
+        leader repeats (the same parser, the same validation, the same size bound), so a
+        command accepted here is never refused later for its content."""
+        if request_id is not None and not REQUEST_ID.fullmatch(request_id):
+            return error(400, "request id must be 1-100 characters of A-Z a-z 0-9 . _ : -")
         if len(body) > self.limits.max_command_bytes:
             return error(
                 413, f"command is {len(body)} bytes; the limit is {self.limits.max_command_bytes}"
             )
         try:
-            command = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            return error(400, f"body is not JSON: {exc}")
+            command = strict_json.loads(body)
+        except strict_json.JsonInputError as exc:
+            return error(400, f"body: {exc}")
+        # What the log holds: canonical (sorted keys, one of each), measured as UTF-8.
         data = encode(command)
         if command_bytes(data) > self.limits.max_command_bytes:
             return error(
@@ -106,14 +113,10 @@ class ClusterApi:
             self.validate(data)
         except CommandError as exc:
             return error(400, str(exc))
-        if request_id is None:
-            request_id = uuid.uuid4().hex
-        elif not REQUEST_ID.match(request_id):
-            return error(400, "request id must be 1-100 characters of A-Z a-z 0-9 . _ : -")
-        return self.submit(request_id, data)
+        return self.submit(request_id or uuid.uuid4().hex, data)
 
     def get_command(self, request_id: str) -> ApiResponse:
-        if not REQUEST_ID.match(request_id):
+        if not REQUEST_ID.fullmatch(request_id):
             return error(400, "malformed request id")
         for server_id in self.servers:
             found = self.store.read_result(server_id, CLIENT_PREFIX + request_id)
