@@ -15,9 +15,16 @@ import pytest
 from raft.adapters.poison import MAX_STORED_UTF16_BYTES, Poison, TablePoisonRecorder
 from raft.adapters.servicebus_bus import receive
 from raft.app.kv import KeyValueStore
-from raft.app.state_machine import CommandError
+from raft.app.sessions import AppliedState
+from raft.app.state_machine import CommandError, SnapshotError
 from raft.core import strict_json, wire
-from raft.core.messages import ClientRequest, ClientStatus, Envelope, RequestVote
+from raft.core.messages import (
+    ClientRequest,
+    ClientStatus,
+    Envelope,
+    InstallSnapshot,
+    RequestVote,
+)
 from raft.core.strict_json import MAX_DEPTH, JsonInputError
 from raft.hosts.http_api import ApiLimits, ClusterApi
 from tests.helpers import ManualCluster
@@ -256,6 +263,53 @@ def test_a_malformed_delivery_is_recorded_and_stepped_by_no_one() -> None:
     assert delivered is None
     (entity,) = table.entities
     assert "not JSON" in entity["Reason"]
+
+
+# --------------------------------------------------------------------- snapshots
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        "not json",
+        "[]",
+        '{"last_applied": 1}',
+        '{"last_applied": "1", "evicted": 0, "machine": "{}", "sessions": []}',
+        '{"last_applied": 1, "evicted": 0, "machine": "[]", "sessions": []}',
+        '{"last_applied": 1, "evicted": 0, "machine": "{}", "sessions": [["c", "1", "", 1, 1]]}',
+    ],
+)
+def test_an_unreadable_applied_state_snapshot_raises_only_snapshot_error(data: str) -> None:
+    with pytest.raises(SnapshotError):
+        AppliedState.restore(data, KeyValueStore, 10)
+
+
+@pytest.mark.parametrize(
+    ("data", "servers"),
+    [
+        ("garbage", ("server-1", "server-2", "server-3")),
+        (
+            json.dumps({"last_applied": 3, "evicted": 0, "machine": "{}", "sessions": []}),
+            ("server-1", "server-2", "server-3"),
+        ),
+        (
+            json.dumps({"last_applied": 50, "evicted": 0, "machine": "{}", "sessions": []}),
+            ("server-1", "server-9"),
+        ),
+    ],
+    ids=["unreadable", "holding another index", "of another cluster"],
+)
+def test_a_snapshot_this_server_cannot_use_is_refused_and_changes_nothing(
+    cluster: ManualCluster, data: str, servers: tuple[str, ...]
+) -> None:
+    leader = cluster.leader()
+    follower = next(s for s in cluster.servers if s != leader)
+    term = cluster.handlers[leader].state().current_term
+    before = cluster.store.read_state(follower)
+    snapshot = InstallSnapshot(term, leader, 50, term, servers, 0, data, True)
+    cluster.handlers[follower].handle([Envelope(leader, follower, snapshot)], cluster.now)
+    assert cluster.store.read_state(follower) == before
+    assert cluster.bus.drain(leader) == []
 
 
 # --------------------------------------------------------------------- the poison recorder

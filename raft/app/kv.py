@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from raft.app.state_machine import CommandError
+from raft.app.state_machine import CommandError, SnapshotError
 from raft.core import strict_json
 from raft.core.strict_json import brief
 
@@ -97,4 +97,10 @@ class KeyValueStore:
         return encode(self.data)
 
     def restore(self, snapshot: str) -> None:
-        self.data = json.loads(snapshot)
+        try:
+            data = json.loads(snapshot)
+        except (ValueError, RecursionError) as exc:
+            raise SnapshotError(f"key-value snapshot is not JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise SnapshotError("key-value snapshot must be a JSON object")
+        self.data = data

@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from raft.app.state_machine import StateMachine
+from raft.app.state_machine import SnapshotError, StateMachine
 from raft.core.messages import Entry
 
 DEFAULT_MAX_SESSIONS = 10_000
@@ -92,14 +92,33 @@ class AppliedState:
     def restore(
         cls, snapshot: str | None, factory: Callable[[], StateMachine], max_sessions: int
     ) -> AppliedState:
+        """Raises SnapshotError for data `snapshot` did not write (nothing else)."""
         applied = cls(factory(), max_sessions)
         if snapshot is not None:
-            doc = json.loads(snapshot)
-            applied.last_applied = doc["last_applied"]
-            applied.evicted = doc["evicted"]
-            applied.machine.restore(doc["machine"])
-            applied.sessions = {
-                cid: Session(seq, result, index, term)
-                for cid, seq, result, index, term in doc["sessions"]
-            }
+            try:
+                doc = json.loads(snapshot)
+                applied.last_applied = _count(doc["last_applied"])
+                applied.evicted = _count(doc["evicted"])
+                applied.machine.restore(doc["machine"])
+                applied.sessions = {
+                    _text(cid): Session(_count(seq), _text(result), _count(index), _count(term))
+                    for cid, seq, result, index, term in doc["sessions"]
+                }
+            except SnapshotError:
+                raise
+            # Whatever else malformed JSON makes the lines above trip over.
+            except (ValueError, TypeError, KeyError, RecursionError) as exc:
+                raise SnapshotError(f"unreadable applied-state snapshot: {exc!r}") from None
         return applied
+
+
+def _count(value: object) -> int:
+    if type(value) is not int or value < 0:
+        raise SnapshotError(f"expected a count, got {value!r}"[:200])
+    return value
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise SnapshotError(f"expected a string, got {value!r}"[:200])
+    return value
