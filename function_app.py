@@ -67,3 +67,10 @@ def get_key(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="cluster", methods=["GET"])
 def get_cluster(req: func.HttpRequest) -> func.HttpResponse:
     return host().get_cluster(req)
+
+
+# Anonymous, for availability tests: says only whether a leader is known.
+@app.function_name("health")
+@app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def health(req: func.HttpRequest) -> func.HttpResponse:
+    return host().health(req)

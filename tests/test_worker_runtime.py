@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 WORKER_PYTHON = ROOT / ".venv-worker" / "bin" / "python"
 TIMEOUT_S = 120
 SERVER_FUNCTIONS = [f"server_{i}" for i in range(1, int(names.DEFAULTS[names.SERVER_COUNT]) + 1)]
-HTTP_FUNCTIONS = ["post_command", "get_command", "get_key", "get_cluster"]
+HTTP_FUNCTIONS = ["post_command", "get_command", "get_key", "get_cluster", "health"]
 ALL_FUNCTIONS = [*SERVER_FUNCTIONS, "timer", *HTTP_FUNCTIONS]
 
 
@@ -119,6 +119,22 @@ def test_http_invocations_commit_and_read_through_the_cluster(
     assert (read["status"], read["body"]["value"]) == (200, "blå \U0001f600")
     outcome = by_function["get_command"]
     assert outcome["status"] == 200 and outcome["body"]["index"] == posted["body"]["index"]
+
+
+def test_the_health_route_answers_ok_once_a_leader_is_known(invocations: dict[str, Any]) -> None:
+    by_function = {h["function"]: h for h in invocations["http"]}
+    assert (by_function["health"]["status"], by_function["health"]["body"]) == (
+        200,
+        {"status": "ok"},
+    )
+
+
+def test_bad_input_through_the_worker_is_a_400_that_says_why(invocations: dict[str, Any]) -> None:
+    statuses = [(b["status"], b["body"]["error"]) for b in invocations["bad_input"]]
+    assert [status for status, _ in statuses] == [400, 400, 400]
+    assert "unknown op" in statuses[0][1]
+    assert "lone surrogate" in statuses[1][1]
+    assert "levels deep" in statuses[2][1]
 
 
 def test_service_bus_batches_arrive_as_service_bus_messages_intact(

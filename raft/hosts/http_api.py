@@ -5,6 +5,7 @@ requests here.
     GET  /api/commands/{id}       the outcome of an earlier submission
     GET  /api/kv/{key}            linearizable read (a get through the log)
     GET  /api/cluster             each server's role, term, commit and last index, leader
+    GET  /api/health              anonymous: 200 while a leader is known, else 503
 
 A command is sent to the leader with no reply address (`reply_to` empty): every server records
 the result in the store when it applies the entry, and this API polls the leader's record.
@@ -169,6 +170,17 @@ class ClusterApi:
             )
         leader = self.find_leader()
         return ApiResponse(200, {"leader": leader[0] if leader else None, "servers": servers})
+
+    def health(self) -> ApiResponse:
+        """For availability tests and load balancers, so anonymous: whether the cluster can
+        take commands (a leader is known), and nothing that names a server, term or key."""
+        if self.find_leader() is None:
+            return ApiResponse(
+                503,
+                {"status": "unavailable", "detail": "no leader is known"},
+                {"Retry-After": RETRY_AFTER_S},
+            )
+        return ApiResponse(200, {"status": "ok"})
 
     # ----------------------------------------------------------------- submitting
 
