@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from azure.functions.servicebus import ServiceBusMessage as TriggerMessage
 
 from raft.adapters.poison import MAX_STORED_UTF16_BYTES, Poison, TablePoisonRecorder
 from raft.adapters.servicebus_bus import receive
@@ -26,7 +27,9 @@ from raft.core.messages import (
     RequestVote,
 )
 from raft.core.strict_json import MAX_DEPTH, JsonInputError
+from raft.hosts.functions import FunctionsHost
 from raft.hosts.http_api import ApiLimits, ClusterApi
+from raft.hosts.settings import AppSettings
 from tests.helpers import ManualCluster
 
 
@@ -214,6 +217,28 @@ def test_a_command_nested_past_the_limit_through_the_bus_is_answered_rejected(
 ) -> None:
     (response,) = cluster.submit(ClientRequest("c", 1, command_nested(980), "c"))
     assert response.status is ClientStatus.REJECTED and "levels deep" in response.result
+
+
+def test_a_non_string_op_through_the_service_bus_trigger_is_answered_rejected(
+    cluster: ManualCluster,
+) -> None:
+    leader = cluster.leader()
+    host = FunctionsHost(
+        AppSettings.from_env({"RAFT_SERVER_COUNT": "3"}), cluster.store, cluster.bus
+    )
+    request = Envelope("c", leader, ClientRequest("c", 1, '{"op": {}, "key": "k"}', "c"))
+    delivery = TriggerMessage(
+        body=wire.encode(request).encode(),
+        message_id="m-1",
+        application_properties={"addressee": leader, "sender": "c", "kind": "client_request"},
+        user_properties={},
+    )
+    before = cluster.store.read_state(leader)
+    host.on_messages(leader, [delivery])  # returns: the message completes
+    (reply,) = cluster.bus.drain("c")
+    assert reply.message.status is ClientStatus.REJECTED  # type: ignore[union-attr]
+    assert "unknown op" in reply.message.result  # type: ignore[union-attr]
+    assert cluster.store.read_state(leader) == before
 
 
 WIRE_BAD = {

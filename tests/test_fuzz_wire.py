@@ -88,7 +88,9 @@ def delivered(data: st.DataObject, env: Envelope) -> Delivery:
     if data.draw(st.booleans(), label="own properties"):
         properties.update(properties_for(env))
     properties.update(data.draw(extra_properties, label="properties"))
-    message_id = data.draw(st.one_of(st.none(), st.text(max_size=300)), label="message id")
+    message_id = data.draw(
+        st.one_of(st.none(), st.text(max_size=300), st.integers()), label="message id"
+    )
     return Delivery(raw, properties, message_id, data.draw(st.one_of(st.none(), st.integers())))
 
 

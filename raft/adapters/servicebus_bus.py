@@ -370,15 +370,17 @@ def receive(
     try:
         return decode_delivery(body, props, expected_addressee=server_id)
     except wire.WireError as exc:
-        raw = body.encode("utf-8") if isinstance(body, str) else bytes(body or b"")
+        raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else bytes(body or b"")
+        message_id = getattr(message, "message_id", None)
+        count = getattr(message, "delivery_count", None)
         recorder.record(
             Poison(
                 reason=str(exc),
                 body=raw,
-                message_id=getattr(message, "message_id", None),
+                message_id=None if message_id is None else str(message_id),
                 properties=props,
                 server_id=server_id or "",
-                delivery_count=getattr(message, "delivery_count", None),
+                delivery_count=count if type(count) is int else None,
             )
         )
         return None
