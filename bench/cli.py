@@ -10,16 +10,19 @@ import argparse
 import json
 import shlex
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from bench import pysyncobj_baseline
 from bench.cost_model import AzureModel
+from bench.history import azurite_reachable, azurite_tables, measure_history
 from bench.inprocess import RUNNER_CONFIG, InProcessCluster
 from bench.overload import run_overload
 from bench.report import RATIO_CLUSTER, TARGET_CLIENTS, BenchReport
 from bench.simspeed import measure_sim
 from bench.workload import ANCHOR_COMMANDS, Workload
+from raft.ports.store import Store
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,19 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overload-factor", type=float, default=3.0)
     parser.add_argument("--no-sim", action="store_true", help="skip the simulator speed")
     parser.add_argument("--sim-iterations", type=int, help="default 1000 (quick: 5)")
+    parser.add_argument(
+        "--history-sizes",
+        type=int,
+        nargs="*",
+        help="committed entries per history point, in memory (default 1000 10000 100000)",
+    )
+    parser.add_argument(
+        "--history-azurite-sizes",
+        type=int,
+        nargs="*",
+        help="the same on Azurite at 127.0.0.1:10002, if it is running "
+        "(default 1000 10000; 100000 takes about ten minutes)",
+    )
     defaults = AzureModel()
     for name in AzureModel.parameters():
         parser.add_argument(
@@ -127,6 +143,7 @@ def run_bench(args: argparse.Namespace) -> int:
     if not args.no_sim:
         _progress(args, "simulator speed")
         report.sim = measure_sim(iterations=args.sim_iterations or sizes.sim_iterations)
+    run_history(args, report)
     doc = report.to_json()
     if args.json_out:
         with open(args.json_out, "w") as f:
@@ -159,6 +176,29 @@ def run_pysyncobj(
         "fixed number of clients its throughput is about clients / period; the ratio in the "
         "JSON is against its default period, the tuned row shows a shorter one."
     )
+
+
+def run_history(args: argparse.Namespace, report: BenchReport) -> None:
+    from raft.adapters.memory_store import InMemoryStore
+
+    quick = (1000, 2000)
+    sizes = args.history_sizes or (quick if args.quick else (1000, 10_000, 100_000))
+    azurite_sizes = args.history_azurite_sizes
+    if azurite_sizes is None:
+        azurite_sizes = () if args.quick else (1000, 10_000)
+    _progress(args, f"history in memory at {sizes}")
+    report.history = measure_history(tuple(sizes), {"memory": lambda: _shared(InMemoryStore())})
+    if not azurite_sizes:
+        return
+    if not azurite_reachable():
+        report.history_note = "Azurite not running at 127.0.0.1:10002 (scripts/azurite): skipped"
+        return
+    _progress(args, f"history on Azurite at {azurite_sizes}")
+    report.history += measure_history(tuple(azurite_sizes), {"azurite": azurite_tables})
+
+
+def _shared(store: Store) -> Callable[[], Store]:
+    return lambda: store
 
 
 def add_command(commands: Any) -> None:

@@ -49,6 +49,10 @@ class BenchReport:
     pysyncobj_note: str = ""
     overload: OverloadResult | None = None
     sim: SimSpeed | None = None
+    # Keeping and loading a server as history grows (bench/history.py), and why a store was
+    # left out.
+    history: list[dict[str, Any]] = field(default_factory=list)
+    history_note: str = ""
 
     def cell(self, servers: int, clients: int) -> CellResult | None:
         for c in self.cells:
@@ -174,6 +178,7 @@ class BenchReport:
             "pysyncobj_note": self.pysyncobj_note,
             "overload": None if self.overload is None else self.overload.to_json(),
             "sim": None if self.sim is None else self.sim.to_json(),
+            "history": {"points": self.history, "note": self.history_note},
             "targets": self.targets(),
         }
 
@@ -222,6 +227,7 @@ class BenchReport:
         lines.extend(self._overload_text())
         lines.append("")
         lines.extend(self._sim_text())
+        lines.extend(self._history_text())
         lines.append("")
         lines.append("Targets")
         for t in self.targets():
@@ -311,6 +317,20 @@ class BenchReport:
             + f"; RSS {o.rss_before_mib:.1f} -> {o.rss_after_overload_mib:.1f} -> "
             f"{o.rss_after_recovery_mib:.1f} MiB",
         ]
+
+    def _history_text(self) -> list[str]:
+        lines = ["History (leader of 3 servers; rows kept, cold load, warm reload):"]
+        for p in self.history:
+            lines.append(
+                f"  {p['store']:8} {p['committed']:>7} committed: {p['log_rows']} log, "
+                f"{p['snapshot_rows']} snapshot, {p['result_rows']} result rows; cold load "
+                f"{p['cold_load_rows_read']} rows in {p['cold_load_s'] * 1000:.1f} ms, "
+                f"{p['memory_kib']:.0f} KiB; warm reload {p['warm_reload_rows_read']} rows "
+                f"after {p['entries_added_meanwhile']} new entries"
+            )
+        if self.history_note:
+            lines.append(f"  {self.history_note}")
+        return lines
 
     def _sim_text(self) -> list[str]:
         s = self.sim

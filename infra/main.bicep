@@ -153,6 +153,7 @@ var appSettings = {
   RAFT_HTTP_WAIT_S: '20'
   RAFT_MAX_COMMAND_BYTES: '16384'
   RAFT_MESSAGE_TTL_S: string(messageTtlSeconds)
+  RAFT_SESSION_RETENTION_S: '900'
 }
 
 module functionApp 'modules/functionapp.bicep' = {

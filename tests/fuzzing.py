@@ -106,18 +106,25 @@ command = st.one_of(
 )
 command_text = command.map(lambda c: json.dumps(c, ensure_ascii=False))
 small = st.integers(0, 12)
-session = st.tuples(ident, small, st.text(max_size=8), small, small).map(list)
+session = st.tuples(ident, small, st.text(max_size=8), small, small, small, small, st.booleans())
 # Applied-state snapshots (raft.app.sessions) with arbitrary, sometimes inconsistent, contents.
 snapshot_data = st.builds(
-    lambda last, evicted, machine, sessions: json.dumps(
-        {"last_applied": last, "evicted": evicted, "machine": machine, "sessions": sessions}
+    lambda last, clock, machine, sessions: json.dumps(
+        {
+            "last_applied": last,
+            "clock": clock,
+            "floor": 0,
+            "expired": [],
+            "machine": machine,
+            "sessions": sessions,
+        }
     ),
     st.one_of(small, json_value),
     small,
     st.one_of(st.just('{"k": 1}'), st.text(max_size=8), json_value.map(json.dumps)),
-    st.lists(session, max_size=2),
+    st.lists(session.map(list), max_size=2),
 )
-entry = st.builds(Entry, nat, ident, nat, command_text, ident)
+entry = st.builds(Entry, nat, ident, nat, command_text, ident, nat, nat)
 message = st.one_of(
     st.builds(RequestVote, nat, ident, nat, nat, st.booleans()),
     st.builds(RequestVoteResponse, nat, ident, st.booleans(), st.booleans()),
@@ -138,7 +145,7 @@ message = st.one_of(
         st.booleans(),
     ),
     st.builds(InstallSnapshotResponse, nat, ident, nat, nat, st.booleans()),
-    st.builds(ClientRequest, ident, nat, command_text, ident, nat),
+    st.builds(ClientRequest, ident, nat, command_text, ident, nat, nat),
     st.builds(
         ClientResponse, ident, nat, st.sampled_from(ClientStatus), st.text(max_size=20), nat, nat
     ),

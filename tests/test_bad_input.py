@@ -16,7 +16,7 @@ from azure.functions.servicebus import ServiceBusMessage as TriggerMessage
 from raft.adapters.poison import MAX_STORED_UTF16_BYTES, Poison, TablePoisonRecorder
 from raft.adapters.servicebus_bus import receive
 from raft.app.kv import KeyValueStore
-from raft.app.sessions import AppliedState
+from raft.app.sessions import AppliedState, SessionPolicy
 from raft.app.state_machine import CommandError, SnapshotError
 from raft.core import strict_json, wire
 from raft.core.messages import (
@@ -293,34 +293,51 @@ def test_a_malformed_delivery_is_recorded_and_stepped_by_no_one() -> None:
 # --------------------------------------------------------------------- snapshots
 
 
+def applied_state(**fields: object) -> str:
+    """An applied-state snapshot (raft/app/sessions.py) with `fields` replaced."""
+    doc: dict[str, object] = {
+        "last_applied": 1,
+        "clock": 0,
+        "floor": 0,
+        "expired": [],
+        "machine": "{}",
+        "sessions": [],
+    }
+    return json.dumps({**doc, **fields})
+
+
+def test_a_well_formed_applied_state_snapshot_restores() -> None:
+    restored = AppliedState.restore(
+        applied_state(sessions=[["c", 1, "r", 1, 1, 0, 0, True]]), KeyValueStore, SessionPolicy()
+    )
+    assert restored.last_applied == 1 and restored.sessions["c"].result == "r"
+
+
 @pytest.mark.parametrize(
     "data",
     [
         "not json",
         "[]",
         '{"last_applied": 1}',
-        '{"last_applied": "1", "evicted": 0, "machine": "{}", "sessions": []}',
-        '{"last_applied": 1, "evicted": 0, "machine": "[]", "sessions": []}',
-        '{"last_applied": 1, "evicted": 0, "machine": "{}", "sessions": [["c", "1", "", 1, 1]]}',
+        applied_state(last_applied="1"),
+        applied_state(machine="[]"),
+        applied_state(expired=[1]),
+        applied_state(sessions=[["c", "1", "", 1, 1, 0, 0, False]]),
+        applied_state(sessions=[["c", 1, "", 1, 1, 0, 0, "no"]]),
+        applied_state(sessions=[["c", 1]]),
     ],
 )
 def test_an_unreadable_applied_state_snapshot_raises_only_snapshot_error(data: str) -> None:
     with pytest.raises(SnapshotError):
-        AppliedState.restore(data, KeyValueStore, 10)
+        AppliedState.restore(data, KeyValueStore, SessionPolicy())
 
 
 @pytest.mark.parametrize(
     ("data", "servers"),
     [
         ("garbage", ("server-1", "server-2", "server-3")),
-        (
-            json.dumps({"last_applied": 3, "evicted": 0, "machine": "{}", "sessions": []}),
-            ("server-1", "server-2", "server-3"),
-        ),
-        (
-            json.dumps({"last_applied": 50, "evicted": 0, "machine": "{}", "sessions": []}),
-            ("server-1", "server-9"),
-        ),
+        (applied_state(last_applied=3), ("server-1", "server-2", "server-3")),
+        (applied_state(last_applied=50), ("server-1", "server-9")),
     ],
     ids=["unreadable", "holding another index", "of another cluster"],
 )

@@ -152,3 +152,14 @@ def test_pysyncobj_harness_runs_and_stops_its_processes() -> None:
     assert result.latency.p50_ms <= result.latency.p99_ms
     assert len(nodes) == 3
     assert all(node.process.poll() is not None for node in nodes)
+
+
+def test_history_section_shows_rows_kept_and_cold_loads_flat_as_history_grows(
+    quick: dict[str, Any],
+) -> None:
+    points = {p["committed"]: p for p in quick["history"]["points"] if p["store"] == "memory"}
+    small, large = points[1000], points[2000]
+    for key in ("log_rows", "result_rows", "cold_load_rows_read", "warm_reload_rows_read"):
+        assert large[key] <= 1.5 * small[key], key
+    # A warm instance reads only what it lacks: the entries added since, not the whole log.
+    assert large["warm_reload_rows_read"] <= large["entries_added_meanwhile"] + 1

@@ -95,3 +95,12 @@ def test_host_json_pins_the_extension_bundle() -> None:
 def test_command_size_setting_is_capped_to_what_storage_and_the_bus_can_hold() -> None:
     with pytest.raises(ValueError, match=names.MAX_COMMAND_BYTES):
         names.AppSettings.from_env({names.MAX_COMMAND_BYTES: "100000"})
+
+
+def test_session_retention_must_outlive_a_message_and_the_http_wait() -> None:
+    with pytest.raises(ValueError, match=names.SESSION_RETENTION_S):
+        names.AppSettings.from_env({names.MESSAGE_TTL_S: "600", names.SESSION_RETENTION_S: "600"})
+    accepted = names.AppSettings.from_env(
+        {names.MESSAGE_TTL_S: "600", names.SESSION_RETENTION_S: "700"}
+    )
+    assert accepted.session_retention_s == 700

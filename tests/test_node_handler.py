@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import pytest
 
 from raft.app.kv import encode
+from raft.app.sessions import SessionPolicy
 from raft.core.messages import (
     AppendEntriesResponse,
     ClientRequest,
@@ -282,12 +283,54 @@ def test_oversized_command_from_a_bus_client_is_rejected_before_the_log(
     assert leader.state().last_index == before
 
 
-def test_request_from_a_client_whose_session_was_evicted_is_refused_not_reapplied() -> None:
-    c = ManualCluster(3, NodeOptions(config=CONFIG, max_sessions=1))
+def test_redelivery_after_its_session_was_evicted_is_refused_as_expired_not_reapplied() -> None:
+    c = ManualCluster(3, NodeOptions(config=CONFIG, sessions=SessionPolicy(max_sessions=2)))
     c.elect()
-    c.submit(ClientRequest("a", 1, put("x", 1), "a"))
-    c.submit(ClientRequest("b", 1, put("y", 1), "b"))  # evicts a's session
-    (late,) = c.submit(ClientRequest("a", 2, put("x", 2), "a"))
-    assert late.status is ClientStatus.STALE
-    (read,) = c.submit(ClientRequest("b", 2, get("x"), "b"))
-    assert result(read)["value"] == 1
+    first = ClientRequest("a", 1, put("x", "A"), "a", issued_at=c.now)
+    c.submit(first)
+    c.submit(ClientRequest("b", 1, put("x", "B"), "b", issued_at=c.now))
+    for n in range(3):  # other clients push a's and b's sessions out
+        c.submit(ClientRequest(f"other-{n}", 1, get("x"), f"other-{n}", issued_at=c.now))
+    (again,) = c.submit(first)  # at-least-once delivery hands over A's message again
+    assert again.status is ClientStatus.EXPIRED
+    (read,) = c.submit(ClientRequest("c", 1, get("x"), "c", issued_at=c.now + 1))
+    assert result(read)["value"] == "B"
+
+
+def test_request_issued_longer_ago_than_the_retention_is_refused_as_expired() -> None:
+    retention = SessionPolicy(retention_ms=5_000)
+    c = ManualCluster(3, NodeOptions(config=CONFIG, sessions=retention))
+    c.elect()
+    c.advance(6_000)
+    leader = c.handlers[c.leader()]
+    before = leader.state().last_index
+    (late,) = c.submit(ClientRequest("a", 1, put("x", 1), "a", issued_at=c.now - 5_001))
+    assert late.status is ClientStatus.EXPIRED and leader.state().last_index == before
+
+
+def test_idle_sessions_expire_at_the_same_index_on_every_server() -> None:
+    retention = SessionPolicy(retention_ms=2_000)
+    c = ManualCluster(3, NodeOptions(config=CONFIG, sessions=retention))
+    c.elect()
+    c.submit(ClientRequest("a", 1, put("x", 1), "a", issued_at=c.now))
+    c.advance(2_500)
+    c.submit(ClientRequest("b", 1, put("y", 1), "b", issued_at=c.now))
+    c.advance(500)  # followers learn the new commit index
+    for handler in c.handlers.values():
+        assert set(handler.applied().sessions) == {"b"}
+
+
+def test_results_of_expired_sessions_are_deleted_from_the_store() -> None:
+    retention = SessionPolicy(retention_ms=2_000)
+    c = ManualCluster(3, NodeOptions(config=CONFIG, sessions=retention))
+    leader = c.elect()
+    c.handlers[leader].handle(
+        [Envelope("http", leader, ClientRequest("http-1", 1, put("x", 1), issued_at=c.now))],
+        c.now,
+    )
+    c.deliver_all()
+    assert c.store.read_result(leader, "http-1") is not None
+    c.advance(2_500)
+    c.submit(ClientRequest("b", 1, put("y", 1), "b", issued_at=c.now))
+    c.advance(500)
+    assert all(c.store.read_result(s, "http-1") is None for s in c.handlers)

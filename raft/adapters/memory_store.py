@@ -39,12 +39,14 @@ class InMemoryStore:
         self.saves = 0
         self.conflicts = 0
         self.version_reads = 0
+        self.rows_read = 0  # entries, snapshots and chunks handed out by `load`
 
     def load(self, server_id: str) -> StoredServer | None:
         with self._lock:
             record = self._records.get(server_id)
             if record is None:
                 return None
+            self.rows_read += len(record.log) + (record.snapshot is not None) + len(record.incoming)
             return StoredServer(
                 version=str(record.version),
                 state=record.state,
@@ -74,6 +76,15 @@ class InMemoryStore:
             _apply(record, change)
             self.saves += 1
             return str(record.version)
+
+    def row_counts(self, server_id: str) -> dict[str, int]:
+        """What is kept for a server, named as the Table Storage rows would be."""
+        with self._lock:
+            record = self._records.get(server_id)
+            if record is None:
+                return {"log-": 0, "snap-": 0, "result-": 0}
+            snapshots = int(record.snapshot is not None)
+            return {"log-": len(record.log), "snap-": snapshots, "result-": len(record.results)}
 
     def read_state(self, server_id: str) -> dict[str, Any] | None:
         with self._lock:
@@ -115,3 +126,5 @@ def _apply(record: _Record, change: Change) -> None:
         record.incoming.extend(chunk.data for chunk in change.snapshot_chunks)
     for result in change.results:
         record.results[result.client_id] = result
+    for client_id in change.forget_results:
+        record.results.pop(client_id, None)

@@ -48,7 +48,8 @@ from raft.ports.store import Change, StoreLimitError
 
 # The placeholder generation of a planned log row, replaced once the plan picks one.
 _UNPLACED = 999_999
-# Compacted log rows deleted per save, at most: bounded work, inside one transaction.
+# Compacted log rows deleted per save, at least (more when the save appends entries): bounded
+# work, inside the save's own transaction.
 GC_PER_SAVE = 32
 
 Segments = tuple[tuple[int, int], ...]
@@ -192,7 +193,7 @@ class _Generations:
         return value
 
 
-def plan_save(base: Meta, prepared: PreparedChange, *, split: bool) -> Plan:
+def plan_save(base: Meta, prepared: PreparedChange) -> Plan:
     """The rows a save writes and deletes, given the stored metadata `base`.
 
     Rows at an (index, generation) never change once written: entries that replace stored
@@ -208,7 +209,7 @@ def plan_save(base: Meta, prepared: PreparedChange, *, split: bool) -> Plan:
     writes: list[Entity] = []
     garbage: list[str] = []
     segs, last_index = _plan_log(base, prepared, log_start, gens, writes, garbage)
-    gc_from, segs = _plan_gc(base, log_start, segs, 0 if split else GC_PER_SAVE, garbage)
+    gc_from, segs = _plan_gc(base, log_start, segs, _gc_budget(prepared), garbage)
     snap = _plan_snapshot(base, prepared, gens, writes, garbage)
     inc = _plan_incoming(pk, base, change, gens, writes, garbage)
     meta = Meta(
@@ -249,6 +250,13 @@ def plan_save(base: Meta, prepared: PreparedChange, *, split: bool) -> Plan:
     }
     check_entity(commit, f"{pk}: state entity")
     return Plan(commit, meta, writes, prepared.result_rows, garbage)
+
+
+def _gc_budget(prepared: PreparedChange) -> int:
+    """Compacted rows this save deletes: more than the entries it adds, so deleting keeps
+    ahead of appending. In a split save, those that do not fit its last transaction are
+    deleted right after it, best effort (a crash in between leaves invisible rows behind)."""
+    return GC_PER_SAVE + 2 * len(prepared.log_rows)
 
 
 def _plan_log(

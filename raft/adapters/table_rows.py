@@ -33,7 +33,7 @@ SNAPSHOT_CHUNK_UNITS = 32_000
 # and as the JSON sent (how Azurite counts, non-ASCII escaped), whichever is larger.
 SNAPSHOT_ROW_BYTES = 900 * 1024
 # The log columns a load selects.
-LOG_COLUMNS = ["RowKey", "t", "c", "s", "d", "r"]
+LOG_COLUMNS = ["RowKey", "t", "c", "s", "d", "r", "i", "m"]
 
 _SAFE_CLIENT_ID = re.compile(r"[A-Za-z0-9._~-]{1,200}")
 _INVALID_KEY_CHARS = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
@@ -128,6 +128,10 @@ def entry_row(server_id: str, index: int, entry: Entry, generation: int) -> Enti
         row["d"] = entry.data
     if entry.reply_to:
         row["r"] = entry.reply_to
+    if entry.issued_at:
+        row["i"] = int_property(entry.issued_at)
+    if entry.time:
+        row["m"] = int_property(entry.time)
     check_entity(row, f"{server_id}: log entry {index}")
     return row
 
@@ -139,6 +143,8 @@ def entry_of(row: Any) -> Entry:
         seq=as_int(row.get("s")),
         data=as_str(row.get("d")),
         reply_to=as_str(row.get("r")),
+        issued_at=as_int(row.get("i")),
+        time=as_int(row.get("m")),
     )
 
 

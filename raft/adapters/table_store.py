@@ -385,11 +385,10 @@ class TableStore:
         prepared = prepare(check_partition_key(server_id), change)
         try:
             base = self._base(server_id, prepared.pk, expected_version)
-            plan = plan_save(base, prepared, split=False)
+            plan = plan_save(base, prepared)
             if plan.fits_one_transaction():
                 etag = self._submit(single_transaction(base, plan))
             else:
-                plan = plan_save(base, prepared, split=True)
                 etag = self._save_split(server_id, base, plan)
         except VersionConflict:
             self.drop_cache(server_id)
@@ -400,6 +399,10 @@ class TableStore:
             self.drop_cache(server_id)
             raise
         self._remember(server_id, base, replace(plan.meta, etag=etag), change)
+        if change.forget_results:
+            # Not in the save's transaction: deleting a row that is already gone fails one.
+            keys = [result_key(client_id) for client_id in change.forget_results]
+            self._cleanup(server_id, prepared.pk, keys)
         with self._lock:
             self.saves += 1
         return etag

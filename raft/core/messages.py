@@ -17,7 +17,9 @@ class Entry:
 
     An entry with an empty `client_id` is a no-op appended by a new leader (§5.4.2).
     `reply_to` is where the leader that applies it sends the result; empty means the client
-    polls the stored result instead.
+    polls the stored result instead. `issued_at` is the client's time for the request and
+    `time` the leader's clock when it appended the entry (milliseconds): every server applies
+    the same times at the same index, so sessions expire identically everywhere (thesis §6.3).
     """
 
     term: int
@@ -25,6 +27,8 @@ class Entry:
     seq: int = 0
     data: str = ""
     reply_to: str = ""
+    issued_at: int = 0
+    time: int = 0
 
     @property
     def size(self) -> int:
@@ -120,6 +124,8 @@ class ClientRequest:
 
     `reply_to` is the address the response goes to; empty means the caller polls the stored
     result instead (the HTTP function does). `hops` bounds forwarding between servers.
+    `issued_at` is when the client issued it (milliseconds on the cluster's clock); a request
+    older than the session retention is refused as expired, never applied.
     """
 
     client_id: str
@@ -127,6 +133,7 @@ class ClientRequest:
     data: str
     reply_to: str = ""
     hops: int = 0
+    issued_at: int = 0
 
 
 class ClientStatus(StrEnum):
@@ -135,6 +142,9 @@ class ClientStatus(StrEnum):
     OVERLOADED = "overloaded"
     STALE = "stale"
     REJECTED = "rejected"
+    # Older than the session retention: it may be a duplicate of a request whose session is
+    # gone, so it is never applied (thesis §6.3).
+    EXPIRED = "expired"
 
 
 @dataclass(frozen=True, slots=True)

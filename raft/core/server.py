@@ -751,7 +751,9 @@ class RaftServer:
             if m.reply_to:
                 self.reply(m, ClientStatus.OVERLOADED)
             return
-        self.append(Entry(s.current_term, m.client_id, m.seq, m.data, m.reply_to))
+        self.append(
+            Entry(s.current_term, m.client_id, m.seq, m.data, m.reply_to, m.issued_at, self._now)
+        )
         self._to_replicate.update(s.peers)
 
     def overloaded(self) -> bool:

@@ -68,7 +68,15 @@ KIND_OF: dict[type, str] = {cls: kind for kind, cls in KINDS.items()}
 # non-negative int (never a bool), "str" any string, "bool" a bool, "ids" a bounded list of
 # ids (a cluster configuration).
 SCHEMAS: dict[type, dict[str, str]] = {
-    Entry: {"term": "nat", "client_id": "id", "seq": "nat", "data": "str", "reply_to": "id"},
+    Entry: {
+        "term": "nat",
+        "client_id": "id",
+        "seq": "nat",
+        "data": "str",
+        "reply_to": "id",
+        "issued_at": "nat",
+        "time": "nat",
+    },
     RequestVote: {
         "term": "nat",
         "candidate_id": "id",
@@ -116,6 +124,7 @@ SCHEMAS: dict[type, dict[str, str]] = {
         "data": "str",
         "reply_to": "id",
         "hops": "nat",
+        "issued_at": "nat",
     },
     ClientResponse: {
         "client_id": "id",

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from raft.core.messages import ClientRequest, ClientResponse, ClientStatus, Envelope
 from raft.hosts.local_cluster import DrainableBus
-from raft.ports.clock import Clock, MonotonicClock
+from raft.ports.clock import Clock, WallClock
 
 
 class RaftClient:
@@ -24,7 +24,8 @@ class RaftClient:
         self.bus = bus
         self.servers = list(servers)
         self.client_id = client_id
-        self.clock = clock or MonotonicClock()
+        # The cluster's clock: requests are stamped with it, and servers compare the stamps.
+        self.clock = clock or WallClock()
         self.retry_ms = retry_ms
         self.leader_hint = ""
         self._seq = 0
@@ -36,8 +37,10 @@ class RaftClient:
         seq = self._seq
         deadline = self.clock.now_ms() + int(timeout_s * 1000)
         target = self.leader_hint or next(self._round_robin)
+        request = ClientRequest(
+            self.client_id, seq, data, reply_to=self.client_id, issued_at=self.clock.now_ms()
+        )
         while self.clock.now_ms() < deadline:
-            request = ClientRequest(self.client_id, seq, data, reply_to=self.client_id)
             self.bus.publish([Envelope(self.client_id, target, request)])
             response = self._await(seq, min(deadline, self.clock.now_ms() + self.retry_ms))
             if response is None:

@@ -21,6 +21,7 @@ from raft.adapters.servicebus_bus import (
     receive,
     trace_headers,
 )
+from raft.app.sessions import SessionPolicy
 from raft.core.messages import AppendEntries, ClientRequest, Envelope
 from raft.core.state import Config
 from raft.hosts import settings as names
@@ -45,6 +46,7 @@ def node_options(settings: AppSettings) -> NodeOptions:
             heartbeat_interval=settings.heartbeat_ms,
         ),
         max_command_bytes=settings.max_command_bytes,
+        sessions=SessionPolicy(retention_ms=settings.session_retention_s * 1000),
     )
 
 
@@ -75,6 +77,7 @@ class FunctionsHost:
                 wait_s=settings.http_wait_s,
                 max_uncommitted=options.config.max_uncommitted_entries,
             ),
+            clock=self.clock,
         )
 
     @classmethod

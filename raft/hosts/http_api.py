@@ -31,6 +31,7 @@ from raft.core import strict_json
 from raft.core.messages import ClientRequest, Envelope
 from raft.node.handler import UPDATED_AT
 from raft.ports.bus import Bus
+from raft.ports.clock import Clock, WallClock
 from raft.ports.store import ClientResult, Store
 
 log = logging.getLogger("raft.http")
@@ -38,6 +39,10 @@ log = logging.getLogger("raft.http")
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,100}")
 CLIENT_PREFIX = "http-"
 RETRY_AFTER_S = "1"
+
+
+# Seconds between resends of a request while the HTTP function waits for its result.
+HTTP_RESEND_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -65,7 +70,7 @@ class ApiLimits:
     poll_s: float = 0.02
     max_poll_s: float = 0.5
     # Resend to the (possibly new) leader this often while waiting; the session makes it safe.
-    resend_s: float = 3.0
+    resend_s: float = HTTP_RESEND_S
 
 
 class ClusterApi:
@@ -77,12 +82,15 @@ class ClusterApi:
         limits: ApiLimits | None = None,
         sleep: Callable[[float], None] = time.sleep,
         validate: Callable[[str], None] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.servers = list(servers)
         self.store = store
         self.bus = bus
         self.limits = limits or ApiLimits()
         self.sleep = sleep
+        # The cluster's clock, to stamp requests with their issue time (resends keep it).
+        self.clock = clock or WallClock()
         # The application's own check, so a malformed command is a 400, not a log entry.
         self.validate = validate or KeyValueStore().validate
 
@@ -199,7 +207,7 @@ class ClusterApi:
                 "overloaded: too many commands waiting to commit",
                 **{"Retry-After": RETRY_AFTER_S},
             )
-        request = ClientRequest(client_id, 1, data)
+        request = ClientRequest(client_id, 1, data, issued_at=self.clock.now_ms())
         log.info("request=%s client=%s leader=%s submitted", request_id, client_id, leader_id)
         self.bus.publish([Envelope(client_id, leader_id, request)])
         deadline = time.monotonic() + self.limits.wait_s

@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -90,6 +91,26 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--port", type=int, default=7071, help="port for --serve (default 7071)")
     parser.add_argument(
+        "--functions-topology",
+        action="store_true",
+        help="host the app as Flex Consumption does (a timer instance, one or two racing "
+        "instances per server's trigger, an HTTP instance, instances replaced at random) on a "
+        "virtual clock with the app's production timing",
+    )
+    parser.add_argument(
+        "--simulated-s",
+        type=float,
+        default=600.0,
+        help="with --functions-topology, simulated seconds to run (default 600)",
+    )
+    parser.add_argument(
+        "--churn-s",
+        type=float,
+        default=20.0,
+        help="with --functions-topology, mean seconds between instance replacements "
+        "(default 20; 0 for none)",
+    )
+    parser.add_argument(
         "--serve-for",
         type=float,
         default=0.0,
@@ -166,7 +187,7 @@ def submit_all(
     out: TextIO,
 ) -> None:
     # A fresh client id per run: a resumed cluster still holds the sessions of earlier runs.
-    client = RaftClient(bus, servers, f"runner-{uuid.uuid4().hex[:12]}")
+    client = RaftClient(bus, servers, f"runner-{uuid.uuid4().hex[:12]}", cluster.clock)
     for number in range(1, args.requests + 1):
         command = encode({"op": "put", "key": f"key-{number}", "value": f"value-{number}"})
         sent = time.perf_counter()
@@ -186,8 +207,15 @@ def submit_all(
 
 
 def open_store(args: argparse.Namespace) -> Store:
+    return store_factory(args)()
+
+
+def store_factory(args: argparse.Namespace) -> Callable[[], Store]:
+    """Stores over one storage: the same in-memory store each time, or a new TableStore (a
+    function instance's own client and row cache) over one table."""
     if args.store == "memory":
-        return InMemoryStore()
+        shared = InMemoryStore()
+        return lambda: shared
     from raft.adapters.table_store import TableStore
 
     if args.store == "azurite":
@@ -198,14 +226,16 @@ def open_store(args: argparse.Namespace) -> Store:
         )
     else:
         raise SystemExit("--store tables needs --connection-string")
-    return TableStore.from_connection(connection, args.table)
+    return lambda: TableStore.from_connection(connection, args.table)
 
 
 def serve(args: argparse.Namespace, store: Store, out: TextIO) -> int:
     servers = server_ids(args.servers)
     bus = InMemoryBus()
     cluster = LocalCluster(servers, store, bus, build_options(args))
-    api = ClusterApi(servers, store, bus, ApiLimits(wait_s=args.request_timeout_s))
+    api = ClusterApi(
+        servers, store, bus, ApiLimits(wait_s=args.request_timeout_s), clock=cluster.clock
+    )
     server = ApiServer(api, args.port)
     worker = threading.Thread(target=cluster.run_forever, name="raft-cluster", daemon=True)
     worker.start()
@@ -235,8 +265,10 @@ def run(args: argparse.Namespace) -> int:
     from azure.core.exceptions import ServiceRequestError
 
     out = sys.stderr if args.json else sys.stdout
-    store = open_store(args)
     try:
+        if args.functions_topology:
+            return run_functions_topology(args, out)
+        store = open_store(args)
         if args.serve:
             return serve(args, store, out)
         return run_requests(args, store, args.store, out)
@@ -244,3 +276,40 @@ def run(args: argparse.Namespace) -> int:
         hint = " (start it with scripts/azurite)" if args.store == "azurite" else ""
         print(f"cannot reach Table Storage{hint}: {exc}", file=sys.stderr)
         return 2
+
+
+def run_functions_topology(args: argparse.Namespace, out: TextIO) -> int:
+    """The cluster as Flex Consumption hosts it, on a virtual clock (raft/hosts/flex.py)."""
+    from raft.hosts.flex import FlexTiming, FlexTopology
+    from raft.hosts.functions import node_options
+    from raft.hosts.settings import SERVER_COUNT, AppSettings
+
+    settings = AppSettings.from_env({SERVER_COUNT: str(args.servers)})
+    if args.store != "memory" and args.table == DEFAULTS[TABLE]:
+        args.table = f"rafttopology{uuid.uuid4().hex[:12]}"  # a fresh cluster for each run
+    timing = FlexTiming(churn_every_ms=int(args.churn_s * 1000))
+    options = node_options(settings)
+    config = options.config
+    where = f"{args.store} store" + (f", table {args.table}" if args.store != "memory" else "")
+    print(
+        f"functions topology: {args.servers} servers, {args.simulated_s:g} simulated s ({where}); "
+        f"timer {timing.timer_ms} ms, election {config.election_timeout_min}-"
+        f"{config.election_timeout_max} ms, heartbeat {config.heartbeat_interval} ms",
+        file=out,
+    )
+    topology = FlexTopology(settings.servers, store_factory(args), options, timing, args.seed)
+    report = topology.run(int(args.simulated_s * 1000))
+    first = "none" if report.first_leader_s is None else f"{report.first_leader_s:g} s"
+    print(
+        f"first leader after {first}; a leader {report.leader_fraction:.1%} of the time since",
+        file=out,
+    )
+    print(
+        f"{report.commands_committed}/{report.commands_sent} commands committed; "
+        f"{report.instances_replaced} instances replaced; highest term {report.max_term}",
+        file=out,
+    )
+    if args.json:
+        print(json.dumps(report.to_json()))
+    healthy = report.leader_fraction >= 0.99
+    return 0 if healthy and report.commands_committed == report.commands_sent else 1

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from raft.app.state_machine import MAX_COMMAND_BYTES_LIMIT
+from raft.hosts.http_api import HTTP_RESEND_S
 
 SERVER_COUNT = "RAFT_SERVER_COUNT"
 TOPIC = "RAFT_TOPIC"
@@ -21,6 +22,7 @@ HEARTBEAT_MS = "RAFT_HEARTBEAT_MS"
 HTTP_WAIT_S = "RAFT_HTTP_WAIT_S"
 MAX_COMMAND_BYTES = "RAFT_MAX_COMMAND_BYTES"
 MESSAGE_TTL_S = "RAFT_MESSAGE_TTL_S"
+SESSION_RETENTION_S = "RAFT_SESSION_RETENTION_S"
 
 # Binding connection names (Functions convention: NAME holds a connection string, or
 # NAME__fullyQualifiedNamespace / NAME__tableServiceUri / NAME__accountName for identity).
@@ -39,6 +41,7 @@ DEFAULTS: dict[str, str] = {
     HTTP_WAIT_S: "20",
     MAX_COMMAND_BYTES: "16384",
     MESSAGE_TTL_S: "120",
+    SESSION_RETENTION_S: "900",
 }
 
 # The name of each subscription's correlation-filter rule, which matches the adapter's
@@ -84,6 +87,8 @@ class AppSettings:
     http_wait_s: float
     max_command_bytes: int
     message_ttl_s: int
+    # How long a client session (and a request id) is remembered: see raft/app/sessions.py.
+    session_retention_s: int
 
     @property
     def servers(self) -> list[str]:
@@ -106,6 +111,7 @@ class AppSettings:
             http_wait_s=float(get(HTTP_WAIT_S)),
             max_command_bytes=int(get(MAX_COMMAND_BYTES)),
             message_ttl_s=int(get(MESSAGE_TTL_S)),
+            session_retention_s=int(get(SESSION_RETENTION_S)),
         )
         if settings.server_count < 1 or settings.server_count > 15:
             raise ValueError(
@@ -120,5 +126,15 @@ class AppSettings:
             raise ValueError(
                 f"{HTTP_WAIT_S} must be between 0 and {longest_wait} s, so that an HTTP call "
                 f"ends before host.json's functionTimeout ({FUNCTION_TIMEOUT_S} s)"
+            )
+        # A message may be delivered until its TTL runs out, and the HTTP function resends its
+        # request while it waits: a session must outlive both, or a late copy of a request
+        # whose session expired would be refused as expired although it was applied.
+        needed = settings.message_ttl_s + settings.http_wait_s + HTTP_RESEND_S
+        if settings.session_retention_s < needed:
+            raise ValueError(
+                f"{SESSION_RETENTION_S} must be at least {MESSAGE_TTL_S} + {HTTP_WAIT_S} + "
+                f"{HTTP_RESEND_S} s (the HTTP resend period) = {needed:g} s, "
+                f"got {settings.session_retention_s}"
             )
         return settings

@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from raft.app.kv import KeyValueStore
-from raft.app.sessions import DEFAULT_MAX_SESSIONS, AppliedState, Session
+from raft.app.sessions import AppliedState, Session, SessionPolicy
 from raft.app.state_machine import CommandError, SnapshotError, StateMachine, command_bytes
 from raft.core.messages import ClientRequest, ClientResponse, ClientStatus, Envelope
 from raft.core.rng import seed_for
@@ -45,6 +45,10 @@ ServerFactory = Callable[[ServerState, Config], RaftServer]
 # Stored with each save (the host clock's `now`, milliseconds) for status pages. It is not
 # server state: a step that changes nothing else does not save just to move it.
 UPDATED_AT = "updated_at_ms"
+# Stored results of expired sessions deleted per save, at most: this many plus twice the
+# entries the save applied, so deleting keeps ahead of expiring and the work per save stays
+# bounded by the entries it applies.
+FORGET_RESULTS_PER_SAVE = 16
 
 
 class ConflictRetriesExhausted(RuntimeError):
@@ -82,7 +86,7 @@ class NodeOptions:
     # Entries kept in the log behind the snapshot, so a follower only a little behind gets
     # entries instead of the whole snapshot.
     compaction_keep: int = 64
-    max_sessions: int = DEFAULT_MAX_SESSIONS
+    sessions: SessionPolicy = field(default_factory=SessionPolicy)
     # Commands larger than this (UTF-8 bytes) are rejected before they reach the log.
     max_command_bytes: int = 16 * 1024
     max_conflict_retries: int = 16
@@ -123,10 +127,17 @@ class NodeHandler:
 
     def state(self) -> ServerState:
         """The state this instance last loaded or saved (loading it if needed)."""
+        return self._current().server.state
+
+    def applied(self) -> AppliedState:
+        """The applied state (application and client sessions) that goes with `state()`."""
+        return self._current().applied
+
+    def _current(self) -> _Loaded:
         with self._lock:
             if self._cached is None:
                 self._cached = self._load()
-            return self._cached.server.state
+            return self._cached
 
     def drop_cache(self) -> None:
         """Forget the cached state, as a cold instance would."""
@@ -157,7 +168,10 @@ class NodeHandler:
                 replies, results = self._apply_committed(loaded)
                 snapshot = self._maybe_snapshot(loaded)
                 if ready.changed or loaded.applied.last_applied != applied_from or snapshot:
-                    change = self._change(loaded, ready, results, snapshot, now)
+                    forget = FORGET_RESULTS_PER_SAVE + 2 * (
+                        loaded.applied.last_applied - applied_from
+                    )
+                    change = self._change(loaded, ready, results, snapshot, now, forget)
                     try:
                         loaded.version = self.store.save(self.server_id, loaded.version, change)
                     except VersionConflict:
@@ -165,6 +179,7 @@ class NodeHandler:
                         self._cached = self._reload(loaded)
                         continue
                     server.persisted()
+                    del loaded.applied.expired[:forget]
                 elif not loaded.fresh and self.store.version(self.server_id) != loaded.version:
                     # The step saved nothing, so no save checked the copy it ran on: it was
                     # stale, and whatever it did (or did not do) may be wrong. Step again.
@@ -200,7 +215,7 @@ class NodeHandler:
                     envelope.sender,
                     m.hops,
                 )
-                answer = self._answer_without_log(loaded, m)
+                answer = self._answer_without_log(loaded, m, now)
                 if answer is not None:
                     if m.reply_to:
                         direct.append(Envelope(self.server_id, m.reply_to, answer))
@@ -208,13 +223,24 @@ class NodeHandler:
             loaded.server.step(envelope, now)
         return direct
 
-    def _answer_without_log(self, loaded: _Loaded, m: ClientRequest) -> ClientResponse | None:
+    def _answer_without_log(
+        self, loaded: _Loaded, m: ClientRequest, now: int
+    ) -> ClientResponse | None:
         applied, state = loaded.applied, loaded.server.state
         session = applied.lookup(m.client_id, m.seq)
         if session is not None:
             return self._ok(m.client_id, session, state.leader_id)
-        if applied.is_stale(m.client_id, m.seq):
-            return ClientResponse(m.client_id, m.seq, ClientStatus.STALE)
+        refused = applied.refusal(m.client_id, m.seq, m.issued_at)
+        if (
+            refused is None
+            and m.issued_at
+            and m.issued_at + self.options.sessions.retention_ms < now
+        ):
+            refused = (
+                ClientStatus.EXPIRED
+            )  # by this server's clock; applying re-checks by the log's
+        if refused is not None:
+            return ClientResponse(m.client_id, m.seq, refused)
         if loaded.server.overloaded():
             return None  # the core refuses it; no need to parse the command first
         if command_bytes(m.data) > self.options.max_command_bytes:
@@ -241,7 +267,10 @@ class NodeHandler:
             entry = state.entry(index)
             loaded.applied_bytes += entry.size
             session = applied.apply(index, entry)
-            if session is None:
+            if session is ClientStatus.EXPIRED and entry.reply_to and state.role is Role.LEADER:
+                expired = ClientResponse(entry.client_id, entry.seq, ClientStatus.EXPIRED)
+                replies.append(Envelope(self.server_id, entry.reply_to, expired))
+            if not isinstance(session, Session):
                 continue
             # client= and seq= follow one request from the HTTP log line across servers.
             log.debug(
@@ -282,7 +311,7 @@ class NodeHandler:
         if snapshot.servers != self.servers:
             raise SnapshotError(f"snapshot of servers {list(snapshot.servers)} refused")
         opts = self.options
-        applied = AppliedState.restore(snapshot.data, opts.machine_factory, opts.max_sessions)
+        applied = AppliedState.restore(snapshot.data, opts.machine_factory, opts.sessions)
         if applied.last_applied != snapshot.index:
             raise SnapshotError(f"snapshot at {snapshot.index} holds {applied.last_applied}")
         loaded.applied = applied
@@ -313,6 +342,7 @@ class NodeHandler:
         results: list[ClientResult],
         snapshot: Snapshot | None,
         now: int,
+        forget: int,
     ) -> Change:
         state = loaded.server.state
         log_from = ready.log_changed_from
@@ -326,7 +356,15 @@ class NodeHandler:
             snapshot=snapshot or ready.installed,
             snapshot_chunks=ready.snapshot_chunks,
             results=tuple(results),
+            forget_results=self._forgettable(loaded.applied, forget),
         )
+
+    @staticmethod
+    def _forgettable(applied: AppliedState, count: int) -> tuple[str, ...]:
+        """Expired clients whose stored results this save deletes; not one that came back
+        (its new session's result is stored under the same key)."""
+        due = applied.expired[:count]
+        return tuple(client_id for client_id in due if client_id not in applied.sessions)
 
     def _load(self) -> _Loaded:
         opts = self.options
@@ -335,7 +373,7 @@ class NodeHandler:
             state = ServerState(
                 self.server_id, self.servers, rng=seed_for(self.server_id, opts.seed)
             )
-            applied = AppliedState(opts.machine_factory(), opts.max_sessions)
+            applied = AppliedState(opts.machine_factory(), opts.sessions)
             return _Loaded(None, opts.server_factory(state, opts.config), applied, 0, 0)
         return self._restore(stored, None)
 
@@ -366,10 +404,10 @@ class NodeHandler:
             applied, applied_bytes = stale.applied, stale.applied_bytes
             snapshot_chars = stale.snapshot_chars
         elif snapshot is not None:
-            applied = AppliedState.restore(snapshot.data, opts.machine_factory, opts.max_sessions)
+            applied = AppliedState.restore(snapshot.data, opts.machine_factory, opts.sessions)
             applied_bytes = 0
         else:
-            applied, applied_bytes = AppliedState(opts.machine_factory(), opts.max_sessions), 0
+            applied, applied_bytes = AppliedState(opts.machine_factory(), opts.sessions), 0
         # Replay what was applied after the snapshot (its results were recorded then).
         for index in range(applied.last_applied + 1, state.last_applied + 1):
             entry = state.entry(index)

@@ -55,6 +55,8 @@ class Change:
     did not change. Entries up to the new `state["log_start"]` are compacted: the store no
     longer returns them and may delete them. `snapshot`, if set, becomes the latest snapshot;
     `snapshot_chunks` are appended to the snapshot being received (state["incoming"]).
+    `forget_results` names clients whose stored results may be deleted (their sessions
+    expired); the store may delete them later or not at all, but never before the change.
     """
 
     state: dict[str, Any]
@@ -63,6 +65,7 @@ class Change:
     snapshot: Snapshot | None = None
     snapshot_chunks: tuple[SnapshotChunk, ...] = ()
     results: tuple[ClientResult, ...] = ()
+    forget_results: tuple[str, ...] = ()
 
 
 class Store(Protocol):
