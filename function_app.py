@@ -69,6 +69,12 @@ def get_cluster(req: func.HttpRequest) -> func.HttpResponse:
     return host().get_cluster(req)
 
 
+@app.function_name("post_leader")
+@app.route(route="cluster/leader", methods=["POST"])
+def post_leader(req: func.HttpRequest) -> func.HttpResponse:
+    return host().post_leader(req)
+
+
 # Anonymous, for availability tests: says only whether a leader is known.
 @app.function_name("health")
 @app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)

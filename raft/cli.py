@@ -1,4 +1,4 @@
-"""Command line: `python -m raft run | test | replay`, plus commands that other installed
+"""Command line: `python -m raft run | test | replay | cluster`, plus commands that other installed
 packages plug in (the repository's `bench` adds `python -m raft bench`).
 
 A plug-in names a function in the `raft.commands` entry-point group; it is called with the
@@ -12,7 +12,7 @@ import logging
 import sys
 from importlib.metadata import entry_points
 
-from raft.hosts import runner
+from raft.hosts import admin, runner
 from raft.sim import cli as sim_cli
 
 PLUGIN_GROUP = "raft.commands"
@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     replay = commands.add_parser("replay", help="replay a trace written by `test` step by step")
     sim_cli.add_replay_arguments(replay)
     replay.set_defaults(handler=sim_cli.run_replay)
+    cluster = commands.add_parser("cluster", help="operate a running cluster over its HTTP API")
+    admin.add_cluster_arguments(cluster)
+    cluster.set_defaults(handler=admin.run_cluster)
     for plugin in sorted(entry_points(group=PLUGIN_GROUP), key=lambda e: e.name):
         plugin.load()(commands)
     return parser

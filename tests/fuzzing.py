@@ -30,6 +30,8 @@ from raft.core.messages import (
     InstallSnapshotResponse,
     RequestVote,
     RequestVoteResponse,
+    TimeoutNow,
+    TransferLeadership,
 )
 from raft.core.strict_json import MAX_DEPTH
 
@@ -126,9 +128,18 @@ snapshot_data = st.builds(
 )
 entry = st.builds(Entry, nat, ident, nat, command_text, ident, nat, nat)
 message = st.one_of(
-    st.builds(RequestVote, nat, ident, nat, nat, st.booleans()),
+    st.builds(RequestVote, nat, ident, nat, nat, st.booleans(), st.booleans()),
     st.builds(RequestVoteResponse, nat, ident, st.booleans(), st.booleans()),
-    st.builds(AppendEntries, nat, ident, nat, nat, st.lists(entry, max_size=3).map(tuple), nat),
+    st.builds(
+        AppendEntries,
+        nat,
+        ident,
+        nat,
+        nat,
+        st.lists(entry, max_size=3).map(tuple),
+        nat,
+        st.booleans(),
+    ),
     st.builds(AppendEntriesResponse, nat, ident, st.booleans(), nat, nat, nat),
     st.builds(
         InstallSnapshot,
@@ -145,10 +156,12 @@ message = st.one_of(
         st.booleans(),
     ),
     st.builds(InstallSnapshotResponse, nat, ident, nat, nat, st.booleans()),
-    st.builds(ClientRequest, ident, nat, command_text, ident, nat, nat),
+    st.builds(ClientRequest, ident, nat, command_text, ident, nat, nat, st.booleans()),
     st.builds(
         ClientResponse, ident, nat, st.sampled_from(ClientStatus), st.text(max_size=20), nat, nat
     ),
+    st.builds(TimeoutNow, nat, ident),
+    st.builds(TransferLeadership, ident),
 )
 envelope = st.builds(Envelope, ident, ident, message)
 

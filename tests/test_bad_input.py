@@ -14,7 +14,7 @@ import pytest
 from azure.functions.servicebus import ServiceBusMessage as TriggerMessage
 
 from raft.adapters.poison import MAX_STORED_UTF16_BYTES, Poison, TablePoisonRecorder
-from raft.adapters.servicebus_bus import receive
+from raft.adapters.servicebus_bus import receive, to_service_bus_message
 from raft.app.kv import KeyValueStore
 from raft.app.sessions import AppliedState, SessionPolicy
 from raft.app.state_machine import CommandError, SnapshotError
@@ -25,6 +25,7 @@ from raft.core.messages import (
     Envelope,
     InstallSnapshot,
     RequestVote,
+    TransferLeadership,
 )
 from raft.core.strict_json import MAX_DEPTH, JsonInputError
 from raft.hosts.functions import FunctionsHost
@@ -196,6 +197,26 @@ def test_a_command_at_the_nesting_limit_is_accepted_by_the_api_and_committed(
     assert response.status == 200 and response.body["result"] == {"ok": True, "previous": None}
 
 
+LEADER_BAD_BODIES = {
+    "not JSON": b"{server",
+    "not an object": b'["server-1"]',
+    "server not a string": b'{"server": {}}',
+    "nested past the stack": nested(50_000).encode(),
+    "lone surrogate": b'{"server": "\\ud800"}',
+}
+
+
+@pytest.mark.parametrize("body", LEADER_BAD_BODIES.values(), ids=LEADER_BAD_BODIES.keys())
+def test_a_malformed_leadership_transfer_is_a_400_and_changes_nothing(
+    cluster: ManualCluster, body: bytes
+) -> None:
+    before = {s: cluster.store.load(s) for s in cluster.servers}
+    response = api_for(cluster).post_leader(body)
+    assert response.status == 400 and response.body["error"]
+    assert {s: cluster.store.load(s) for s in cluster.servers} == before
+    assert cluster.bus.pending() == 0
+
+
 def test_a_key_with_a_lone_surrogate_is_a_400_for_reads(cluster: ManualCluster) -> None:
     response = api_for(cluster).get_key("k\ud800")
     assert response.status == 400 and "lone surrogate" in response.body["error"]
@@ -288,6 +309,15 @@ def test_a_malformed_delivery_is_recorded_and_stepped_by_no_one() -> None:
     assert delivered is None
     (entity,) = table.entities
     assert "not JSON" in entity["Reason"]
+
+
+def test_a_leadership_transfer_can_be_sent_on_service_bus() -> None:
+    """It carries no term; the term property of an operator's message is 0."""
+    message = to_service_bus_message(
+        Envelope("operator", "server-1", TransferLeadership("server-2")), 120, "m-1"
+    )
+    assert message.application_properties is not None
+    assert message.application_properties["term"] == 0
 
 
 # --------------------------------------------------------------------- snapshots

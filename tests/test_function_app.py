@@ -62,7 +62,14 @@ def test_http_routes_are_function_key_protected_but_health(
 ) -> None:
     found = bindings(load_app(monkeypatch))
     routes = {b[0]["route"]: b[0] for b in found.values() if b[0]["type"] == "httpTrigger"}
-    assert sorted(routes) == ["cluster", "commands", "commands/{request_id}", "health", "kv/{key}"]
+    assert sorted(routes) == [
+        "cluster",
+        "cluster/leader",
+        "commands",
+        "commands/{request_id}",
+        "health",
+        "kv/{key}",
+    ]
     assert {r["authLevel"] for name, r in routes.items() if name != "health"} == {"FUNCTION"}
     assert routes["health"]["authLevel"] == "ANONYMOUS"
     assert routes["health"]["methods"] == ["GET"]

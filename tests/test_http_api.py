@@ -120,3 +120,33 @@ def test_slow_commit_answers_202_with_a_status_url_that_reports_later(
     cluster.advance(100)
     later = stalled.get_command("slow")
     assert later.status == 200 and later.body["result"] == {"ok": True, "previous": None}
+
+
+def test_leadership_moves_to_the_named_server_and_no_acknowledged_write_is_lost() -> None:
+    cluster = ManualCluster(3)
+    leader = cluster.elect()
+    api = ClusterApi(
+        cluster.servers,
+        cluster.store,
+        cluster.bus,
+        ApiLimits(wait_s=5.0, poll_s=0.0),
+        sleep=lambda _s: cluster.advance(10),
+    )
+    for n in range(5):
+        body = json.dumps({"op": "put", "key": f"k{n}", "value": n}).encode()
+        assert api.post_command(body, f"w{n}").status == 200
+    target = next(s for s in cluster.servers if s != leader)
+    moved = api.post_leader(json.dumps({"server": target}).encode())
+    assert moved.status == 200 and moved.body["leader"] == target
+    assert api.find_leader()[0] == target  # type: ignore[index]
+    for n in range(5):
+        read = api.get_key(f"k{n}")
+        assert (read.status, read.body["value"]) == (200, n)
+
+
+def test_leadership_transfer_to_an_unknown_server_is_404() -> None:
+    cluster = ManualCluster(3)
+    cluster.elect()
+    api = ClusterApi(cluster.servers, cluster.store, cluster.bus)
+    assert api.post_leader(b'{"server": "server-9"}').status == 404
+    assert api.post_leader(b"nope").status == 400

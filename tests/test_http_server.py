@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -68,3 +71,31 @@ def test_served_api_answers_bad_json_with_400(base_url: str) -> None:
 
 def test_unknown_route_is_404(base_url: str) -> None:
     assert call(f"{base_url}/nothing")[0] == 404
+
+
+def test_twenty_reads_through_run_serve_leave_every_log_unchanged() -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "raft", "run", "--serve", "--port", "0", "--serve-for", "60"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        base = line.split()[1]  # "serving http://127.0.0.1:PORT/api with ..."
+        for _ in range(100):  # wait for a leader
+            if call(f"{base}/cluster")[1]["leader"]:
+                break
+            time.sleep(0.05)
+        status, _ = call(f"{base}/commands", b'{"op": "put", "key": "k", "value": 1}')
+        assert status == 200
+        before = call(f"{base}/cluster")[1]["servers"]
+        for _ in range(20):
+            status, body = call(f"{base}/kv/k")
+            assert (status, body["value"]) == (200, 1)
+        after = call(f"{base}/cluster")[1]["servers"]
+        last = {s["id"]: s["last_index"] for s in before}  # type: ignore[index,union-attr]
+        assert {s["id"]: s["last_index"] for s in after} == last  # type: ignore[index,union-attr]
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

@@ -290,7 +290,7 @@ def test_redelivery_after_its_session_was_evicted_is_refused_as_expired_not_reap
     c.submit(first)
     c.submit(ClientRequest("b", 1, put("x", "B"), "b", issued_at=c.now))
     for n in range(3):  # other clients push a's and b's sessions out
-        c.submit(ClientRequest(f"other-{n}", 1, get("x"), f"other-{n}", issued_at=c.now))
+        c.submit(ClientRequest(f"other-{n}", 1, put(f"y{n}", n), f"other-{n}", issued_at=c.now))
     (again,) = c.submit(first)  # at-least-once delivery hands over A's message again
     assert again.status is ClientStatus.EXPIRED
     (read,) = c.submit(ClientRequest("c", 1, get("x"), "c", issued_at=c.now + 1))
@@ -334,3 +334,16 @@ def test_results_of_expired_sessions_are_deleted_from_the_store() -> None:
     c.submit(ClientRequest("b", 1, put("y", 1), "b", issued_at=c.now))
     c.advance(500)
     assert all(c.store.read_result(s, "http-1") is None for s in c.handlers)
+
+
+def test_a_quiescent_cluster_saves_and_sends_nothing_between_checks_and_still_commits() -> None:
+    c = ManualCluster(3)
+    c.elect()
+    c.advance(500)  # settles and quiesces
+    assert all(h.state().quiescent for h in c.handlers.values())
+    saves, published = c.store.saves, c.bus.published
+    c.advance(CONFIG.quiesce_interval // 2)
+    assert (c.store.saves, c.bus.published) == (saves, published)
+    (response,) = c.submit(ClientRequest("c", 1, put("k", 1), "c", issued_at=c.now))
+    assert response.status is ClientStatus.OK
+    assert not any(h.state().quiescent for h in c.handlers.values())

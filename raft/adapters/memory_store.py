@@ -16,7 +16,13 @@ from typing import Any
 
 from raft.core.messages import Entry
 from raft.core.state import Snapshot
-from raft.ports.store import Change, ClientResult, StoredServer, VersionConflict
+from raft.ports.store import (
+    Change,
+    ClientResult,
+    StoredServer,
+    VersionConflict,
+    read_answer_slot,
+)
 
 
 @dataclass
@@ -29,6 +35,7 @@ class _Record:
     snapshot: Snapshot | None
     incoming: list[str] = field(default_factory=list)
     results: dict[str, ClientResult] = field(default_factory=dict)
+    answers: dict[int, ClientResult] = field(default_factory=dict)
 
 
 class InMemoryStore:
@@ -76,6 +83,14 @@ class InMemoryStore:
             _apply(record, change)
             self.saves += 1
             return str(record.version)
+
+    def read_answer(self, server_id: str, client_id: str) -> ClientResult | None:
+        with self._lock:
+            record = self._records.get(server_id)
+            if record is None:
+                return None
+            answer = record.answers.get(read_answer_slot(client_id))
+            return answer if answer is not None and answer.client_id == client_id else None
 
     def row_counts(self, server_id: str) -> dict[str, int]:
         """What is kept for a server, named as the Table Storage rows would be."""
@@ -128,3 +143,5 @@ def _apply(record: _Record, change: Change) -> None:
         record.results[result.client_id] = result
     for client_id in change.forget_results:
         record.results.pop(client_id, None)
+    for answer in change.read_answers:
+        record.answers[read_answer_slot(answer.client_id)] = answer

@@ -39,6 +39,7 @@ from raft.adapters.table_rows import (
     now_iso,
     pack,
     payload_bytes,
+    read_answer_key,
     result_row,
     snapshot_key,
     utf16_bytes,
@@ -170,6 +171,8 @@ def prepare(pk: str, change: Change) -> PreparedChange:
     ]
     latest = {r.client_id: r for r in change.results}  # one row per client: the last wins
     result_rows = [result_row(pk, result) for result in latest.values()]
+    answers = {read_answer_key(a.client_id): a for a in change.read_answers}
+    result_rows += [result_row(pk, answer, key) for key, answer in answers.items()]
     snapshot = change.snapshot
     snapshot_chunks = None if snapshot is None else chunks(snapshot.data, SNAPSHOT_CHUNK_UNITS)
     state_json = json.dumps(change.state, separators=(",", ":"), sort_keys=True)

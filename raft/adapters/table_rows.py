@@ -15,7 +15,7 @@ from typing import Any
 from azure.data.tables import EdmType, EntityProperty
 
 from raft.core.messages import Entry
-from raft.ports.store import ClientResult, StoreLimitError
+from raft.ports.store import ClientResult, StoreLimitError, read_answer_slot
 
 STATE_ROW = "state"
 FORMAT = 1
@@ -148,10 +148,14 @@ def entry_of(row: Any) -> Entry:
     )
 
 
-def result_row(server_id: str, result: ClientResult) -> Entity:
+def read_answer_key(client_id: str) -> str:
+    return f"read-{read_answer_slot(client_id):04d}"
+
+
+def result_row(server_id: str, result: ClientResult, row_key: str | None = None) -> Entity:
     row: Entity = {
         "PartitionKey": server_id,
-        "RowKey": result_key(result.client_id),
+        "RowKey": row_key or result_key(result.client_id),
         "client_id": result.client_id,
         "seq": int_property(result.seq),
         "result": result.result,

@@ -109,6 +109,7 @@ from raft.adapters.table_rows import (
     incoming_key,
     log_key,
     parse_log_key,
+    read_answer_key,
     result_key,
     result_of,
     snapshot_key,
@@ -272,6 +273,13 @@ class TableStore:
             return None
         result = result_of(entity)
         return result if result.client_id == client_id else None
+
+    def read_answer(self, server_id: str, client_id: str) -> ClientResult | None:
+        entity = self._get(check_partition_key(server_id), read_answer_key(client_id))
+        if entity is None:
+            return None
+        answer = result_of(entity)
+        return answer if answer.client_id == client_id else None
 
     @staticmethod
     def _stored(cached: _Cached) -> StoredServer:

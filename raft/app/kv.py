@@ -77,6 +77,18 @@ class KeyValueStore:
             return encode({"ok": False, "error": str(exc)})
         return encode(self.execute(command))
 
+    def is_read_only(self, data: str) -> bool:
+        try:
+            return bool(parse_command(data)["op"] == "get")
+        except CommandError:
+            return False
+
+    def query(self, data: str) -> str:
+        command = parse_command(data)
+        if command["op"] != "get":
+            raise CommandError(f"{command['op']!r} is not a read")
+        return encode(self.execute(command))
+
     def execute(self, command: dict[str, Any]) -> dict[str, Any]:
         op, key = command["op"], command["key"]
         if op == "get":

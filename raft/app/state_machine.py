@@ -37,6 +37,13 @@ class StateMachine(Protocol):
         """Apply one committed command and return its encoded result. Must be deterministic
         and must not raise: every server applies the same commands in the same order."""
 
+    def is_read_only(self, data: str) -> bool:
+        """Whether the (valid) command `data` only reads: it is then served by ReadIndex
+        (thesis §6.4), from the applied state, without a log entry."""
+
+    def query(self, data: str) -> str:
+        """Answer a read-only command from the current state, changing nothing."""
+
     def snapshot(self) -> str:
         """The whole state, encoded."""
 

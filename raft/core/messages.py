@@ -47,6 +47,8 @@ class RequestVote:
     last_log_index: int
     last_log_term: int
     pre_vote: bool = False
+    # Sent on the leader's TimeoutNow (thesis §3.10): receivers set their leader lease aside.
+    transfer: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +61,8 @@ class RequestVoteResponse:
 
 @dataclass(frozen=True, slots=True)
 class AppendEntries:
-    """AppendEntries RPC (§5.3); with no entries it is a heartbeat."""
+    """AppendEntries RPC (§5.3); with no entries it is a heartbeat. `quiesce`: the leader
+    holds nothing uncommitted and stops heartbeating until it has work or checks again."""
 
     term: int
     leader_id: ServerId
@@ -67,6 +70,9 @@ class AppendEntries:
     prev_log_term: int
     entries: tuple[Entry, ...]
     leader_commit: int
+    quiesce: bool = False
+    # The leader's latest ReadIndex round; the follower echoes it to confirm leadership.
+    read_round: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +90,7 @@ class AppendEntriesResponse:
     match_index: int = 0
     conflict_index: int = 0
     conflict_term: int = 0
+    read_round: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +141,8 @@ class ClientRequest:
     reply_to: str = ""
     hops: int = 0
     issued_at: int = 0
+    # A command that only reads: served by ReadIndex (thesis §6.4) without a log entry.
+    read_only: bool = False
 
 
 class ClientStatus(StrEnum):
@@ -165,6 +174,23 @@ class Tick:
     now: int
 
 
+@dataclass(frozen=True, slots=True)
+class TimeoutNow:
+    """Leadership transfer (thesis §3.10): the leader tells a caught-up follower to start an
+    election at once."""
+
+    term: int
+    leader_id: ServerId
+
+
+@dataclass(frozen=True, slots=True)
+class TransferLeadership:
+    """From an operator to the leader: hand leadership to `target` (within an election
+    timeout, or not at all)."""
+
+    target: ServerId
+
+
 Message = (
     RequestVote
     | RequestVoteResponse
@@ -174,6 +200,8 @@ Message = (
     | InstallSnapshotResponse
     | ClientRequest
     | ClientResponse
+    | TimeoutNow
+    | TransferLeadership
 )
 
 

@@ -32,11 +32,14 @@ from raft.core.messages import (
     RequestVote,
     RequestVoteResponse,
     ServerId,
+    TimeoutNow,
+    TransferLeadership,
 )
 from raft.core.rng import next_random
 from raft.core.state import (
     Config,
     IncomingSnapshot,
+    PendingRead,
     Progress,
     Replication,
     Role,
@@ -78,7 +81,9 @@ class Ready:
     - `snapshot_chunks`: parts of a snapshot being received, to store with the state;
     - `installed`: a snapshot this server installed from its leader: the application must be
       restored from it (and it becomes the stored snapshot);
-    - `committed`: the range of indexes newly known committed, (first, last), or None.
+    - `committed`: the range of indexes newly known committed, (first, last), or None;
+    - `reads`: read-only requests confirmed by a majority (ReadIndex): answer each from the
+      applied state once its index is applied, after saving.
     """
 
     messages: tuple[Envelope, ...]
@@ -88,6 +93,11 @@ class Ready:
     snapshot_chunks: tuple[SnapshotChunk, ...] = ()
     installed: Snapshot | None = None
     committed: tuple[int, int] | None = None
+    reads: tuple[PendingRead, ...] = ()
+
+
+# Read-only requests a leader holds at once; more are refused as overloaded.
+MAX_PENDING_READS = 256
 
 
 class RaftServer:
@@ -101,6 +111,7 @@ class RaftServer:
         self._heartbeat_due: set[ServerId] = set()
         self._chunks: list[SnapshotChunk] = []
         self._installed: Snapshot | None = None
+        self._confirmed: list[PendingRead] = []
         self._mark = self._fingerprint()
         self._hard = self._hard_state()
 
@@ -112,6 +123,9 @@ class RaftServer:
         m = envelope.message
         if isinstance(m, ClientRequest):
             self.on_client_request(m)
+            return
+        if isinstance(m, TransferLeadership):
+            self.on_transfer_leadership(m, now)
             return
         if isinstance(m, ClientResponse):
             return
@@ -132,6 +146,8 @@ class RaftServer:
             self.on_append_entries_response(sender, m)
         elif isinstance(m, InstallSnapshot):
             self.on_install_snapshot(sender, m, now)
+        elif isinstance(m, TimeoutNow):
+            self.on_timeout_now(m, now)
         else:
             self.on_install_snapshot_response(sender, m)
 
@@ -141,6 +157,8 @@ class RaftServer:
         s = self.state
         self.clamp_timers(now)
         if s.role is Role.LEADER:
+            if s.transfer_to and now >= s.transfer_deadline:
+                s.transfer_to = ""  # the target did not take over in time: lead on
             quorum_due = self.config.check_quorum and now >= s.quorum_check_deadline
             if quorum_due and not self.check_quorum(now):
                 return
@@ -156,8 +174,18 @@ class RaftServer:
         """Send to every follower that has had nothing from this leader for a heartbeat
         interval, so the gap between two messages to a follower never exceeds the interval
         by more than the host's tick is late; the next deadline is when the first follower
-        falls due."""
+        falls due. A settled group is told to quiesce instead, and then only checked."""
         s, interval = self.state, self.config.heartbeat_interval
+        if self.config.quiesce and (s.quiescent or self.settled()):
+            s.quiescent = True
+            for peer, p in s.progress.items():
+                p.inflight = 0
+                self._heartbeat_due.add(peer)
+                self._to_replicate.add(peer)
+            s.heartbeat_deadline = now + self.config.quiesce_interval
+            # The answers to this round must come within the usual time, or it steps down.
+            s.quorum_check_deadline = now + self.config.election_timeout_min
+            return
         for peer, p in s.progress.items():
             if now - p.last_sent >= interval:
                 p.inflight = 0
@@ -174,19 +202,46 @@ class RaftServer:
         ]
         s.heartbeat_deadline = min([now + interval, *due])
 
+    def settled(self) -> bool:
+        """Every follower holds the whole log, all of it committed in this term: nothing is
+        left for heartbeats to carry (the quiesce message itself carries the commit index)."""
+        s = self.state
+        return (
+            s.commit_index == s.last_index
+            and s.term_at(s.last_index) == s.current_term
+            and all(
+                p.match == s.last_index and p.mode is Replication.REPLICATE
+                for p in s.progress.values()
+            )
+        )
+
+    def wake(self, now: int) -> None:
+        """Leave quiescence: a leader heartbeats again at once; a follower's timer is reset
+        by the message that woke it."""
+        s = self.state
+        if not s.quiescent:
+            return
+        s.quiescent = False
+        if s.role is Role.LEADER:
+            s.heartbeat_deadline = now
+            s.quorum_check_deadline = now + self.config.election_timeout_min
+
     def clamp_timers(self, now: int) -> None:
         """Arm the election timer on the first tick, and pull back any time set by an instance
         whose clock ran ahead of this one's: deadlines are absolute times, stored by whichever
         function instance stepped the server last, and a future `leader_contact` would keep
         the leader lease (and so votes) refused for as long as the skew."""
         s, c = self.state, self.config
-        if s.election_deadline == 0 or s.election_deadline > now + c.election_timeout_max:
+        longest = c.election_timeout_max + (c.quiesce_interval if s.quiescent else 0)
+        if s.election_deadline == 0 or s.election_deadline > now + longest:
             self.reset_election_timer(now)
         if s.leader_contact > now:
             s.leader_contact = now
-        if s.heartbeat_deadline > now + c.heartbeat_interval:
+        longest = c.quiesce_interval if s.quiescent else c.heartbeat_interval
+        if s.heartbeat_deadline > now + longest:
             s.heartbeat_deadline = now
-        if s.quorum_check_deadline > now + c.election_timeout_min:
+        longest = (c.quiesce_interval if s.quiescent else 0) + c.election_timeout_min
+        if s.quorum_check_deadline > now + longest:
             s.quorum_check_deadline = now + c.election_timeout_min
         for p in s.progress.values():
             if p.last_sent > now:
@@ -202,6 +257,7 @@ class RaftServer:
         s = self.state
         if s.role is Role.LEADER:
             self.maybe_advance_commit()
+            self.index_waiting_reads()
         hard = self._hard_state()
         committed = None
         if hard.commit > self._hard.commit:
@@ -216,7 +272,9 @@ class RaftServer:
             snapshot_chunks=tuple(self._chunks),
             installed=self._installed,
             committed=committed,
+            reads=tuple(self._confirmed),
         )
+        self._confirmed = []
         self._out = []
         self._log_changed_from = None
         self._chunks = []
@@ -254,6 +312,11 @@ class RaftServer:
             s.rng,
             s.log_start,
             s.log_start_term,
+            s.quiescent,
+            s.read_round,
+            tuple(s.reads),
+            s.transfer_to,
+            s.transfer_deadline,
             s.servers,
             frozenset(s.votes),
             tuple((peer, *p.to_json()) for peer, p in s.progress.items()),
@@ -272,7 +335,7 @@ class RaftServer:
         partitioned away cannot depose a healthy leader.
         """
         if isinstance(m, RequestVote):
-            return not m.pre_vote and not self.in_leader_lease(now)
+            return not m.pre_vote and (m.transfer or not self.in_leader_lease(now))
         if isinstance(m, RequestVoteResponse) and m.pre_vote:
             return not m.granted
         return True
@@ -283,6 +346,8 @@ class RaftServer:
             return False
         if s.role is Role.LEADER:
             return True
+        if s.quiescent and now < s.election_deadline:
+            return True  # the leader said it would stay quiet this long
         return now - s.leader_contact < self.config.election_timeout_min
 
     def become_follower(self, term: int, now: int, leader: ServerId = "") -> None:
@@ -295,6 +360,7 @@ class RaftServer:
         s.role = Role.FOLLOWER
         s.leader_id = leader
         s.votes = set()
+        s.quiescent = False
         self.clear_leader_state()
 
     def become_pre_candidate(self, now: int) -> None:
@@ -310,7 +376,7 @@ class RaftServer:
             return
         self.broadcast_vote_request(s.current_term + 1, pre_vote=True)
 
-    def become_candidate(self, now: int) -> None:
+    def become_candidate(self, now: int, transfer: bool = False) -> None:
         """§5.2: increment currentTerm, vote for self, reset the timer, request votes."""
         s = self.state
         s.current_term += 1
@@ -323,13 +389,14 @@ class RaftServer:
         if len(s.votes) >= s.quorum:
             self.become_leader(now)
             return
-        self.broadcast_vote_request(s.current_term, pre_vote=False)
+        self.broadcast_vote_request(s.current_term, pre_vote=False, transfer=transfer)
 
     def become_leader(self, now: int) -> None:
         s = self.state
         s.role = Role.LEADER
         s.leader_id = s.server_id
         s.votes = set()
+        s.quiescent = False
         # Figure 2: nextIndex starts just past the leader's log, matchIndex at 0.
         s.progress = {peer: Progress(next=s.last_index + 1) for peer in s.peers}
         s.quorum_check_deadline = now + self.config.election_timeout_min
@@ -340,10 +407,19 @@ class RaftServer:
         self._to_replicate.update(s.peers)
 
     def clear_leader_state(self) -> None:
-        # Replication scheduled earlier in this batch is void once this server stops leading.
+        # Replication scheduled earlier in this batch is void once this server stops leading,
+        # and so are reads it had not confirmed: their clients ask the new leader.
         self._to_replicate.clear()
         self._heartbeat_due.clear()
-        self.state.progress = {}
+        s = self.state
+        s.progress = {}
+        s.transfer_to = ""
+        for read in s.reads:
+            if read.reply_to:
+                self.send(read.reply_to, ClientResponse(read.client_id, read.seq,
+                                                        ClientStatus.NOT_LEADER))  # fmt: skip
+        s.reads = []
+        s.read_round = 0
 
     def reset_election_timer(self, now: int) -> None:
         s = self.state
@@ -361,15 +437,20 @@ class RaftServer:
             return False
         for p in s.progress.values():
             p.recent_active = False
-        s.quorum_check_deadline = now + self.config.election_timeout_min
+        # A quiescent leader hears from followers only after its next check round.
+        start = s.heartbeat_deadline if s.quiescent else now
+        s.quorum_check_deadline = start + self.config.election_timeout_min
         return True
 
     # ----------------------------------------------------------------- elections
 
-    def broadcast_vote_request(self, term: int, pre_vote: bool) -> None:
+    def broadcast_vote_request(self, term: int, pre_vote: bool, transfer: bool = False) -> None:
         s = self.state
         for peer in s.peers:
-            self.send(peer, RequestVote(term, s.server_id, s.last_index, s.last_term, pre_vote))
+            self.send(
+                peer,
+                RequestVote(term, s.server_id, s.last_index, s.last_term, pre_vote, transfer),
+            )
 
     def log_is_up_to_date(self, last_log_term: int, last_log_index: int) -> bool:
         """§5.4.1: compare the terms of the last entries first; if equal, the longer log."""
@@ -388,6 +469,8 @@ class RaftServer:
 
     def on_request_vote(self, sender: ServerId, m: RequestVote, now: int) -> None:
         s = self.state
+        if s.role is Role.LEADER:
+            self.wake(now)  # a follower's timer ran out: it may have missed the quiesce
         if m.term < s.current_term or (m.term > s.current_term and not m.pre_vote):
             # Stale, or a higher-term vote ignored under the leader lease.
             granted = False
@@ -433,6 +516,7 @@ class RaftServer:
             self.become_follower(m.term, now, m.leader_id)
         s.leader_id = m.leader_id
         s.leader_contact = now
+        s.quiescent = False
         self.reset_election_timer(now)
 
     def on_append_entries(self, sender: ServerId, m: AppendEntries, now: int) -> None:
@@ -454,17 +538,22 @@ class RaftServer:
             prev_index, prev_term, entries = s.log_start, s.log_start_term, entries[skip:]
         if prev_index > s.last_index:
             # Receiver rule 2: we lack prevLogIndex entirely.
-            self.reject_append(sender, s.last_index + 1, 0)
+            self.reject_append(sender, m, s.last_index + 1, 0)
             return
         if s.term_at(prev_index) != prev_term:
             conflict_term = s.term_at(prev_index)
             self.reject_append(
-                sender, self.first_index_of_term(conflict_term, prev_index), conflict_term
+                sender, m, self.first_index_of_term(conflict_term, prev_index), conflict_term
             )
             return
         if not self.merge_entries(prev_index, entries):
             return
         self.accept_append(sender, m, prev_index + len(entries))
+        settled = s.commit_index == m.leader_commit == s.last_index == prev_index + len(entries)
+        if m.quiesce and settled:
+            # Settled with the leader: wait for its next check round, not a heartbeat.
+            s.quiescent = True
+            s.election_deadline += self.config.quiesce_interval
 
     def accept_append(self, sender: ServerId, m: AppendEntries, last_new: int) -> None:
         s = self.state
@@ -473,7 +562,12 @@ class RaftServer:
             # entries past it have not been checked against the leader's log.
             s.commit_index = max(s.commit_index, min(m.leader_commit, last_new))
             self.drop_stale_incoming()
-        self.send(sender, AppendEntriesResponse(s.current_term, s.server_id, True, last_new))
+        self.send(
+            sender,
+            AppendEntriesResponse(
+                s.current_term, s.server_id, True, last_new, read_round=m.read_round
+            ),
+        )
 
     def merge_entries(self, prev_index: int, entries: tuple[Entry, ...]) -> bool:
         """Receiver rules 3 and 4: skip entries we already have; truncate only at a real
@@ -505,12 +599,15 @@ class RaftServer:
         position = bisect_left(s.log, term, hi=index - s.log_start, key=entry_term)
         return s.log_start + position + 1
 
-    def reject_append(self, leader: ServerId, conflict_index: int, conflict_term: int) -> None:
+    def reject_append(
+        self, leader: ServerId, m: AppendEntries, conflict_index: int, conflict_term: int
+    ) -> None:
+        # A rejection still acknowledges the leader's term, so it confirms its reads too.
         s = self.state
         self.send(
             leader,
             AppendEntriesResponse(
-                s.current_term, s.server_id, False, 0, conflict_index, conflict_term
+                s.current_term, s.server_id, False, 0, conflict_index, conflict_term, m.read_round
             ),
         )
 
@@ -521,6 +618,11 @@ class RaftServer:
         p = s.progress[sender]
         p.recent_active = True
         p.inflight = max(0, p.inflight - 1)
+        if m.read_round > p.read_acked:
+            p.read_acked = m.read_round
+            self.confirm_reads()
+        if not m.success or m.match_index < s.last_index:
+            self.wake(self._now)
         if m.success:
             if m.match_index > s.last_index:
                 # Only a newer instance of this leader can have sent entries past our log
@@ -528,6 +630,8 @@ class RaftServer:
                 return
             if m.match_index > p.match:
                 p.match = m.match_index
+            if sender == s.transfer_to and p.match == s.last_index:
+                self.send(sender, TimeoutNow(s.current_term, s.server_id))
             p.next = max(p.next, p.match + 1)
             if p.mode is Replication.SNAPSHOT and p.match >= p.snapshot_index:
                 p.mode = Replication.PROBE
@@ -587,7 +691,14 @@ class RaftServer:
             self.send(
                 peer,
                 AppendEntries(
-                    s.current_term, s.server_id, prev, s.term_at(prev), entries, s.commit_index
+                    s.current_term,
+                    s.server_id,
+                    prev,
+                    s.term_at(prev),
+                    entries,
+                    s.commit_index,
+                    s.quiescent,
+                    s.read_round,
                 ),
             )
             p.inflight += 1
@@ -741,20 +852,81 @@ class RaftServer:
 
     def on_client_request(self, m: ClientRequest) -> None:
         s = self.state
+        if m.read_only and s.role is Role.LEADER:
+            self.on_read(m)
+            return
         if s.role is not Role.LEADER:
             if s.leader_id and m.hops < MAX_FORWARD_HOPS:
                 self.send(s.leader_id, replace(m, hops=m.hops + 1))
             elif m.reply_to:
                 self.reply(m, ClientStatus.NOT_LEADER)
             return
-        if self.overloaded():
+        if self.overloaded() or s.transfer_to:
+            # Thesis §3.10: no proposals while handing over, so the target stays caught up.
             if m.reply_to:
                 self.reply(m, ClientStatus.OVERLOADED)
             return
+        self.wake(self._now)
         self.append(
             Entry(s.current_term, m.client_id, m.seq, m.data, m.reply_to, m.issued_at, self._now)
         )
         self._to_replicate.update(s.peers)
+
+    def on_transfer_leadership(self, m: TransferLeadership, now: int) -> None:
+        """Thesis §3.10: bring the target up to date, then tell it to campaign at once; give
+        up after an election timeout (the target may be down or partitioned)."""
+        s = self.state
+        if s.role is not Role.LEADER or m.target not in s.peers:
+            return
+        self.wake(now)
+        s.transfer_to = m.target
+        s.transfer_deadline = now + self.config.election_timeout_max
+        if s.progress[m.target].match == s.last_index:
+            self.send(m.target, TimeoutNow(s.current_term, s.server_id))
+        else:
+            self._to_replicate.add(m.target)
+
+    def on_timeout_now(self, m: TimeoutNow, now: int) -> None:
+        s = self.state
+        if m.term == s.current_term and m.leader_id == s.leader_id and s.role is Role.FOLLOWER:
+            self.become_candidate(now, transfer=True)
+
+    def on_read(self, m: ClientRequest) -> None:
+        """ReadIndex (thesis §6.4): note the commit index, confirm leadership with a round of
+        heartbeats, and answer once a majority acknowledged a round at least that new."""
+        s = self.state
+        if len(s.reads) >= MAX_PENDING_READS:
+            if m.reply_to:
+                self.reply(m, ClientStatus.OVERLOADED)
+            return
+        self.wake(self._now)
+        s.read_round += 1
+        index = s.commit_index if s.term_at(s.commit_index) == s.current_term else 0
+        s.reads.append(PendingRead(m.client_id, m.seq, m.data, m.reply_to, index, s.read_round))
+        for peer in s.peers:
+            s.progress[peer].inflight = 0
+            self._heartbeat_due.add(peer)
+            self._to_replicate.add(peer)
+        self.confirm_reads()
+
+    def index_waiting_reads(self) -> None:
+        """Thesis §6.4: once the leader has committed an entry of its own term its commit
+        index is current; reads that waited for that read at least it."""
+        s = self.state
+        waiting = any(read.index == 0 for read in s.reads)
+        if waiting and s.term_at(s.commit_index) == s.current_term:
+            s.reads = [r if r.index else replace(r, index=s.commit_index) for r in s.reads]
+            self.confirm_reads()
+
+    def confirm_reads(self) -> None:
+        """Hand over the reads whose round a majority (this leader included) acknowledged."""
+        s = self.state
+        acked = sorted([s.read_round, *(p.read_acked for p in s.progress.values())], reverse=True)
+        confirmed = acked[s.quorum - 1]
+        ready = [r for r in s.reads if r.round <= confirmed and r.index]
+        if ready:
+            self._confirmed.extend(ready)
+            s.reads = [r for r in s.reads if not (r.round <= confirmed and r.index)]
 
     def overloaded(self) -> bool:
         """A leader refuses proposals once too many entries wait to commit, so a load past

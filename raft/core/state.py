@@ -43,6 +43,12 @@ class Config:
     snapshot_chunk_chars: int = 28 * 1024
     pre_vote: bool = True
     check_quorum: bool = True
+    # Quiescence: once every follower holds and has committed the whole log, the leader says
+    # so and stops heartbeating; it then checks the group only every `quiesce_check_interval`
+    # (0: 200 heartbeat intervals), and quiescent followers wait that long plus an election
+    # timeout before they start an election. Any proposal or vote request wakes the group.
+    quiesce: bool = True
+    quiesce_check_interval: int = 0
 
     def __post_init__(self) -> None:
         if self.heartbeat_interval <= 0:
@@ -57,8 +63,14 @@ class Config:
             )
         if self.election_timeout_max <= self.election_timeout_min:
             raise ValueError("election_timeout_max must exceed election_timeout_min")
+        if self.quiesce and self.quiesce_interval <= self.election_timeout_max:
+            raise ValueError("quiesce_check_interval must exceed election_timeout_max")
         if self.snapshot_chunk_chars <= 0 or self.max_inflight_messages <= 0:
             raise ValueError("snapshot_chunk_chars and max_inflight_messages must be positive")
+
+    @property
+    def quiesce_interval(self) -> int:
+        return self.quiesce_check_interval or 200 * self.heartbeat_interval
 
 
 class Replication(StrEnum):
@@ -86,6 +98,8 @@ class Progress:
     last_sent: int = 0
     # Heard from since the last check-quorum (thesis §6.2).
     recent_active: bool = False
+    # The latest ReadIndex round this follower acknowledged in the leader's term.
+    read_acked: int = 0
     # While sending a snapshot: its index and the offset of the next chunk to send.
     snapshot_index: int = 0
     snapshot_offset: int = 0
@@ -100,14 +114,40 @@ class Progress:
             self.recent_active,
             self.snapshot_index,
             self.snapshot_offset,
+            self.read_acked,
         ]
 
     @classmethod
     def from_json(cls, doc: list[Any]) -> Progress:
-        next_, match, mode, inflight, last_sent, active, snap_index, snap_offset = doc
+        next_, match, mode, inflight, last_sent, active, snap_index, snap_offset, acked = doc
         return cls(
-            next_, match, Replication(mode), inflight, last_sent, active, snap_index, snap_offset
+            next_,
+            match,
+            Replication(mode),
+            inflight,
+            last_sent,
+            active,
+            acked,
+            snap_index,
+            snap_offset,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRead:
+    """A read-only request a leader holds until a majority confirms it still leads (thesis
+    §6.4): answered from the applied state once `index` is applied. `index` is 0 until the
+    leader has committed an entry of its own term (before that its commit index may lag)."""
+
+    client_id: str
+    seq: int
+    data: str
+    reply_to: str
+    index: int
+    round: int
+
+    def to_json(self) -> list[Any]:
+        return [self.client_id, self.seq, self.data, self.reply_to, self.index, self.round]
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +230,14 @@ class ServerState:
     quorum_check_deadline: int = 0
     # When this server last heard from a current leader (the lease of thesis §4.2.3).
     leader_contact: int = -(1 << 62)
+    # A leader that stopped heartbeating a settled group, or a follower told so by it.
+    quiescent: bool = False
+    # ReadIndex on leaders: the latest confirmation round, and the reads waiting for one.
+    read_round: int = 0
+    reads: list[PendingRead] = field(default_factory=list)
+    # Leadership transfer in progress (thesis §3.10): to whom, and until when.
+    transfer_to: ServerId = ""
+    transfer_deadline: int = 0
 
     @property
     def peers(self) -> tuple[ServerId, ...]:
@@ -238,6 +286,10 @@ SCALARS = (
     "rng",
     "log_start",
     "log_start_term",
+    "quiescent",
+    "read_round",
+    "transfer_to",
+    "transfer_deadline",
 )
 
 
@@ -260,6 +312,11 @@ def state_to_dict(state: ServerState) -> dict[str, Any]:
         "rng": state.rng,
         "log_start": state.log_start,
         "log_start_term": state.log_start_term,
+        "quiescent": state.quiescent,
+        "read_round": state.read_round,
+        "transfer_to": state.transfer_to,
+        "transfer_deadline": state.transfer_deadline,
+        "reads": [read.to_json() for read in state.reads],
         "last_index": state.last_index,
         "role": state.role.value,
         "servers": list(state.servers),
@@ -282,6 +339,7 @@ def state_from_dict(
         setattr(state, name, doc[name])
     state.role = Role(doc["role"])
     state.votes = set(doc["votes"])
+    state.reads = [PendingRead(*read) for read in doc["reads"]]
     state.progress = {peer: Progress.from_json(p) for peer, p in doc["progress"].items()}
     incoming = doc["incoming"]
     if incoming is not None:

@@ -32,6 +32,8 @@ from raft.core.messages import (
     RequestVote,
     RequestVoteResponse,
     Tick,
+    TimeoutNow,
+    TransferLeadership,
 )
 from raft.core.strict_json import brief
 
@@ -60,6 +62,8 @@ KINDS: dict[str, type] = {
     "install_snapshot_response": InstallSnapshotResponse,
     "client_request": ClientRequest,
     "client_response": ClientResponse,
+    "timeout_now": TimeoutNow,
+    "transfer_leadership": TransferLeadership,
     "tick": Tick,
 }
 KIND_OF: dict[type, str] = {cls: kind for kind, cls in KINDS.items()}
@@ -83,6 +87,7 @@ SCHEMAS: dict[type, dict[str, str]] = {
         "last_log_index": "nat",
         "last_log_term": "nat",
         "pre_vote": "bool",
+        "transfer": "bool",
     },
     RequestVoteResponse: {"term": "nat", "voter_id": "id", "granted": "bool", "pre_vote": "bool"},
     AppendEntries: {
@@ -92,6 +97,8 @@ SCHEMAS: dict[type, dict[str, str]] = {
         "prev_log_term": "nat",
         "entries": "entries",
         "leader_commit": "nat",
+        "quiesce": "bool",
+        "read_round": "nat",
     },
     AppendEntriesResponse: {
         "term": "nat",
@@ -100,6 +107,7 @@ SCHEMAS: dict[type, dict[str, str]] = {
         "match_index": "nat",
         "conflict_index": "nat",
         "conflict_term": "nat",
+        "read_round": "nat",
     },
     InstallSnapshot: {
         "term": "nat",
@@ -118,6 +126,8 @@ SCHEMAS: dict[type, dict[str, str]] = {
         "next_offset": "nat",
         "done": "bool",
     },
+    TimeoutNow: {"term": "nat", "leader_id": "id"},
+    TransferLeadership: {"target": "id"},
     ClientRequest: {
         "client_id": "id",
         "seq": "nat",
@@ -125,6 +135,7 @@ SCHEMAS: dict[type, dict[str, str]] = {
         "reply_to": "id",
         "hops": "nat",
         "issued_at": "nat",
+        "read_only": "bool",
     },
     ClientResponse: {
         "client_id": "id",

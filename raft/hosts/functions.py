@@ -44,6 +44,9 @@ def node_options(settings: AppSettings) -> NodeOptions:
             election_timeout_min=settings.election_timeout_ms,
             election_timeout_max=2 * settings.election_timeout_ms,
             heartbeat_interval=settings.heartbeat_ms,
+            # An idle cluster costs one check round a minute; a leader lost while the group
+            # is quiescent is replaced within a minute plus an election timeout.
+            quiesce_check_interval=max(60_000, 3 * settings.election_timeout_ms),
         ),
         max_command_bytes=settings.max_command_bytes,
         sessions=SessionPolicy(retention_ms=settings.session_retention_s * 1000),
@@ -155,6 +158,9 @@ class FunctionsHost:
 
     def get_cluster(self, req: func.HttpRequest) -> func.HttpResponse:
         return to_http(self.api.get_cluster())
+
+    def post_leader(self, req: func.HttpRequest) -> func.HttpResponse:
+        return to_http(self.api.post_leader(req.get_body()))
 
     def health(self, req: func.HttpRequest) -> func.HttpResponse:
         return to_http(self.api.health())

@@ -2,8 +2,9 @@
 requests here.
 
     POST /api/commands            submit a command; wait for its committed result
+    POST /api/cluster/leader      move leadership to {"server": id}; wait until it leads
     GET  /api/commands/{id}       the outcome of an earlier submission
-    GET  /api/kv/{key}            linearizable read (a get through the log)
+    GET  /api/kv/{key}            linearizable read (ReadIndex: no log entry)
     GET  /api/cluster             each server's role, term, commit and last index, leader
     GET  /api/health              anonymous: 200 while a leader is known, else 503
 
@@ -28,7 +29,8 @@ from typing import Any
 from raft.app.kv import KeyValueStore, encode
 from raft.app.state_machine import CommandError, command_bytes
 from raft.core import strict_json
-from raft.core.messages import ClientRequest, Envelope
+from raft.core.messages import ClientRequest, Envelope, TransferLeadership
+from raft.core.strict_json import brief
 from raft.node.handler import UPDATED_AT
 from raft.ports.bus import Bus
 from raft.ports.clock import Clock, WallClock
@@ -83,6 +85,7 @@ class ClusterApi:
         sleep: Callable[[float], None] = time.sleep,
         validate: Callable[[str], None] | None = None,
         clock: Clock | None = None,
+        is_read_only: Callable[[str], bool] | None = None,
     ) -> None:
         self.servers = list(servers)
         self.store = store
@@ -93,6 +96,8 @@ class ClusterApi:
         self.clock = clock or WallClock()
         # The application's own check, so a malformed command is a 400, not a log entry.
         self.validate = validate or KeyValueStore().validate
+        # Read-only commands are answered by ReadIndex: no log entry, the answer in a slot.
+        self.is_read_only = is_read_only or KeyValueStore().is_read_only
 
     # ----------------------------------------------------------------- routes
 
@@ -161,6 +166,36 @@ class ClusterApi:
             },
         )
 
+    def post_leader(self, body: bytes) -> ApiResponse:
+        """Move leadership to `{"server": id}` (thesis §3.10) and wait until it leads."""
+        try:
+            doc = strict_json.loads(body)
+        except strict_json.JsonInputError as exc:
+            return error(400, f"body: {exc}")
+        target = doc.get("server") if isinstance(doc, dict) else None
+        if not isinstance(target, str):
+            return error(400, 'body must be JSON like {"server": "server-2"}')
+        if target not in self.servers:
+            return error(404, f"unknown server {brief(target)}; servers are {self.servers}")
+        leader = self.find_leader()
+        if leader is None:
+            return error(503, "no leader is known; retry shortly", **{"Retry-After": RETRY_AFTER_S})
+        deadline = time.monotonic() + self.limits.wait_s
+        poll, ask_at = self.limits.poll_s, 0.0
+        while leader is None or leader[0] != target:
+            now = time.monotonic()
+            if now >= deadline:
+                return error(504, f"{target} did not take over in {self.limits.wait_s:g} s")
+            if leader is not None and now >= ask_at:
+                # Asked again after a while: the leader gives up on a target that lags.
+                log.info("transfer leader=%s target=%s", leader[0], target)
+                self.bus.publish([Envelope("operator", leader[0], TransferLeadership(target))])
+                ask_at = now + self.limits.resend_s
+            self.sleep(poll)
+            poll = min(self.limits.max_poll_s, poll * 1.5)
+            leader = self.find_leader()
+        return ApiResponse(200, {"leader": target, "term": leader[1]["current_term"]})
+
     def get_cluster(self) -> ApiResponse:
         servers = []
         for server_id in self.servers:
@@ -198,7 +233,10 @@ class ClusterApi:
         if leader is None:
             return error(503, "no leader is known; retry shortly", **{"Retry-After": RETRY_AFTER_S})
         leader_id, state = leader
-        known = self.store.read_result(leader_id, client_id)
+        read_only = self.is_read_only(data)
+        # A write's result stays under its request id; a read is simply asked again.
+        answer = self.store.read_answer if read_only else self.store.read_result
+        known = None if read_only else answer(leader_id, client_id)
         if known is not None:
             return self.committed(request_id, known)
         if state.get("last_index", 0) - state.get("commit_index", 0) >= self.limits.max_uncommitted:
@@ -207,7 +245,9 @@ class ClusterApi:
                 "overloaded: too many commands waiting to commit",
                 **{"Retry-After": RETRY_AFTER_S},
             )
-        request = ClientRequest(client_id, 1, data, issued_at=self.clock.now_ms())
+        request = ClientRequest(
+            client_id, 1, data, issued_at=self.clock.now_ms(), read_only=read_only
+        )
         log.info("request=%s client=%s leader=%s submitted", request_id, client_id, leader_id)
         self.bus.publish([Envelope(client_id, leader_id, request)])
         deadline = time.monotonic() + self.limits.wait_s
@@ -216,7 +256,7 @@ class ClusterApi:
         while time.monotonic() < deadline:
             self.sleep(poll)
             poll = min(self.limits.max_poll_s, poll * 1.5)
-            found = self.store.read_result(leader_id, client_id)
+            found = answer(leader_id, client_id)
             if found is not None:
                 log.info(
                     "request=%s committed index=%d term=%d", request_id, found.index, found.term
@@ -228,7 +268,7 @@ class ClusterApi:
                 if current is not None and current[0] != leader_id:
                     leader_id = current[0]
                     # The new leader may have applied it already: never send it twice then.
-                    found = self.store.read_result(leader_id, client_id)
+                    found = answer(leader_id, client_id)
                     if found is not None:
                         return self.committed(request_id, found)
                 self.bus.publish([Envelope(client_id, leader_id, request)])

@@ -31,6 +31,8 @@ def route(
             iter(query.get("request_id", [])), None
         )
         return api.post_command(body, request_id)
+    if method == "POST" and path == "/api/cluster/leader":
+        return api.post_leader(body)
     if method == "GET" and path == "/api/cluster":
         return api.get_cluster()
     if method == "GET" and path == "/api/health":

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from raft.app.kv import KeyValueStore
 from raft.app.sessions import AppliedState, Session, SessionPolicy
@@ -34,7 +34,15 @@ from raft.app.state_machine import CommandError, SnapshotError, StateMachine, co
 from raft.core.messages import ClientRequest, ClientResponse, ClientStatus, Envelope
 from raft.core.rng import seed_for
 from raft.core.server import RaftServer, Ready
-from raft.core.state import Config, Role, ServerState, Snapshot, state_from_dict, state_to_dict
+from raft.core.state import (
+    Config,
+    PendingRead,
+    Role,
+    ServerState,
+    Snapshot,
+    state_from_dict,
+    state_to_dict,
+)
 from raft.ports.bus import Bus
 from raft.ports.store import Change, ClientResult, Store, StoredServer, VersionConflict
 
@@ -166,12 +174,19 @@ class NodeHandler:
                         return
                 applied_from = loaded.applied.last_applied
                 replies, results = self._apply_committed(loaded)
+                read_replies, answers = self._answer_reads(loaded, ready.reads)
+                replies += read_replies
                 snapshot = self._maybe_snapshot(loaded)
-                if ready.changed or loaded.applied.last_applied != applied_from or snapshot:
+                if (
+                    ready.changed
+                    or loaded.applied.last_applied != applied_from
+                    or snapshot
+                    or answers
+                ):
                     forget = FORGET_RESULTS_PER_SAVE + 2 * (
                         loaded.applied.last_applied - applied_from
                     )
-                    change = self._change(loaded, ready, results, snapshot, now, forget)
+                    change = self._change(loaded, ready, results, answers, snapshot, now, forget)
                     try:
                         loaded.version = self.store.save(self.server_id, loaded.version, change)
                     except VersionConflict:
@@ -220,6 +235,8 @@ class NodeHandler:
                     if m.reply_to:
                         direct.append(Envelope(self.server_id, m.reply_to, answer))
                     continue
+                if not m.read_only and loaded.applied.machine.is_read_only(m.data):
+                    envelope = Envelope(envelope.sender, envelope.to, replace(m, read_only=True))
             loaded.server.step(envelope, now)
         return direct
 
@@ -227,6 +244,8 @@ class NodeHandler:
         self, loaded: _Loaded, m: ClientRequest, now: int
     ) -> ClientResponse | None:
         applied, state = loaded.applied, loaded.server.state
+        if m.read_only:
+            return self._refuse_invalid(applied, m)
         session = applied.lookup(m.client_id, m.seq)
         if session is not None:
             return self._ok(m.client_id, session, state.leader_id)
@@ -243,6 +262,9 @@ class NodeHandler:
             return ClientResponse(m.client_id, m.seq, refused)
         if loaded.server.overloaded():
             return None  # the core refuses it; no need to parse the command first
+        return self._refuse_invalid(applied, m)
+
+    def _refuse_invalid(self, applied: AppliedState, m: ClientRequest) -> ClientResponse | None:
         if command_bytes(m.data) > self.options.max_command_bytes:
             return ClientResponse(
                 m.client_id,
@@ -252,9 +274,34 @@ class NodeHandler:
             )
         try:
             applied.machine.validate(m.data)
+            if m.read_only and not applied.machine.is_read_only(m.data):
+                raise CommandError("sent as a read, but the command writes")
         except CommandError as exc:
             return ClientResponse(m.client_id, m.seq, ClientStatus.REJECTED, result=str(exc))
         return None
+
+    def _answer_reads(
+        self, loaded: _Loaded, reads: Sequence[PendingRead]
+    ) -> tuple[list[Envelope], list[ClientResult]]:
+        """Reads a majority confirmed (ReadIndex): answered from the applied state, which
+        holds at least their read index by now."""
+        replies: list[Envelope] = []
+        answers: list[ClientResult] = []
+        state, machine = loaded.server.state, loaded.applied.machine
+        for read in reads:
+            assert loaded.applied.last_applied >= read.index
+            result = machine.query(read.data)
+            if read.reply_to:
+                response = ClientResponse(
+                    read.client_id, read.seq, ClientStatus.OK, result, read.index,
+                    state.current_term, state.server_id,
+                )  # fmt: skip
+                replies.append(Envelope(self.server_id, read.reply_to, response))
+            else:
+                answers.append(
+                    ClientResult(read.client_id, read.seq, result, read.index, state.current_term)
+                )
+        return replies, answers
 
     def _apply_committed(self, loaded: _Loaded) -> tuple[list[Envelope], list[ClientResult]]:
         server, applied = loaded.server, loaded.applied
@@ -340,6 +387,7 @@ class NodeHandler:
         loaded: _Loaded,
         ready: Ready,
         results: list[ClientResult],
+        answers: list[ClientResult],
         snapshot: Snapshot | None,
         now: int,
         forget: int,
@@ -357,6 +405,7 @@ class NodeHandler:
             snapshot_chunks=ready.snapshot_chunks,
             results=tuple(results),
             forget_results=self._forgettable(loaded.applied, forget),
+            read_answers=tuple(answers),
         )
 
     @staticmethod

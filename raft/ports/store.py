@@ -7,11 +7,19 @@ entity's ETag). A mismatch raises `VersionConflict`; the caller reloads and step
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from raft.core.messages import Entry
 from raft.core.state import Snapshot, SnapshotChunk
+
+READ_ANSWER_SLOTS = 1024
+
+
+def read_answer_slot(client_id: str) -> int:
+    """Where a read's answer is kept: a later read that lands in the same slot replaces it."""
+    return zlib.crc32(client_id.encode("utf-8", "surrogatepass")) % READ_ANSWER_SLOTS
 
 
 class VersionConflict(Exception):
@@ -66,6 +74,9 @@ class Change:
     snapshot_chunks: tuple[SnapshotChunk, ...] = ()
     results: tuple[ClientResult, ...] = ()
     forget_results: tuple[str, ...] = ()
+    # Answers to read-only requests for clients that poll (ReadIndex reads, never logged):
+    # kept in a fixed ring of READ_ANSWER_SLOTS per server, so they take bounded room.
+    read_answers: tuple[ClientResult, ...] = ()
 
 
 class Store(Protocol):
@@ -84,3 +95,6 @@ class Store(Protocol):
 
     def read_result(self, server_id: str, client_id: str) -> ClientResult | None:
         """The last recorded result for `client_id` on this server."""
+
+    def read_answer(self, server_id: str, client_id: str) -> ClientResult | None:
+        """The answer to `client_id`'s read, if its slot still holds it."""

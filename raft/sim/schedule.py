@@ -38,6 +38,9 @@ class SimSetup:
     # InstallSnapshot (and its chunks, kept small) within short schedules.
     compaction_keep: int = 2
     snapshot_chunk_chars: int = 200
+    # Quiescence: a short check interval, so that groups quiesce, wake and fail while
+    # quiescent within short schedules (the production default is 100 heartbeats).
+    quiesce_check_interval: int = 400
     client_timeout: int = 200
     target: str = PRODUCTION
 
@@ -49,6 +52,7 @@ class SimSetup:
             max_entries_per_message=self.max_entries_per_message,
             max_inflight_messages=self.max_inflight_messages,
             snapshot_chunk_chars=self.snapshot_chunk_chars,
+            quiesce_check_interval=self.quiesce_check_interval,
         )
 
     def server_ids(self) -> tuple[str, ...]:

@@ -103,6 +103,17 @@ class TrustsLeaderCommit(RaftServer):
             s.commit_index = m.leader_commit
 
 
+class ReadsWithoutConfirmation(RaftServer):
+    """Serves reads without confirming leadership (ReadIndex without its heartbeat round), so
+    a deposed leader that has not heard of its successor answers stale reads."""
+
+    def confirm_reads(self) -> None:
+        s = self.state
+        ready = [r for r in s.reads if r.index]
+        self._confirmed.extend(ready)
+        s.reads = [r for r in s.reads if not r.index]
+
+
 @dataclass(frozen=True)
 class Variant:
     name: str
@@ -151,6 +162,7 @@ VARIANTS: dict[str, Variant] = {
             CommitsBeforeMajority,
             ("durability", "state-machine-safety", "leader-completeness", "linearizability"),
         ),
+        Variant("unconfirmed-reads", ReadsWithoutConfirmation, ("linearizability",)),
         Variant(
             "trusts-leader-commit",
             TrustsLeaderCommit,
