@@ -35,7 +35,7 @@ def register_server(server_id: str) -> None:
         host().on_messages(server_id, messages)
 
 
-for server_id in settings.servers:
+for server_id in settings.all_servers:
     register_server(server_id)
 
 
@@ -73,6 +73,12 @@ def get_cluster(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="cluster/leader", methods=["POST"])
 def post_leader(req: func.HttpRequest) -> func.HttpResponse:
     return host().post_leader(req)
+
+
+@app.function_name("change_servers")
+@app.route(route="cluster/servers", methods=["POST", "DELETE"])
+def change_servers(req: func.HttpRequest) -> func.HttpResponse:
+    return host().change_servers(req)
 
 
 # Anonymous, for availability tests: says only whether a leader is known.

@@ -3,7 +3,7 @@
 //   Service Bus (Standard) topic, one filtered subscription per server  -> modules/servicebus.bicep
 //   Storage account: host storage, deployment package, the Raft table   -> modules/storage.bicep
 //   Log Analytics + workspace-based Application Insights               -> modules/monitoring.bicep
-//   Flex Consumption plan and Function App (Python 3.11)               -> modules/functionapp.bicep
+//   Flex Consumption plan and Function App (Python 3.13)               -> modules/functionapp.bicep
 //   Data-plane role assignments for the app (and optionally a developer) -> modules/roles.bicep
 //   Alerts: dead-lettered messages, failed invocations                  -> modules/alerts.bicep
 //
@@ -26,6 +26,11 @@ param location string = resourceGroup().location
   7
 ])
 param clusterSize int = 5
+
+@description('Servers with a subscription and a trigger: clusterSize of them form the first configuration, the rest are spares that join when added (POST /api/cluster/servers), so a cluster grows without a redeployment.')
+@minValue(3)
+@maxValue(15)
+param maxClusterSize int = 7
 
 @description('Service Bus topic that carries every Raft message.')
 param topicName string = 'rafttopic'
@@ -91,7 +96,8 @@ var names = {
 }
 
 // Server ids are the subscription names: settings.server_ids(count) -> server-1 .. server-N.
-var serverIds = [for i in range(1, clusterSize): 'server-${i}']
+var subscriptionCount = max(clusterSize, maxClusterSize)
+var serverIds = [for i in range(1, subscriptionCount): 'server-${i}']
 
 module monitoring 'modules/monitoring.bicep' = {
   name: 'monitoring'
@@ -145,6 +151,7 @@ var appSettings = {
   // A thread per concurrent HTTP call (the worker's default is a handful).
   PYTHON_THREADPOOL_THREAD_COUNT: string(httpPerInstanceConcurrency)
   RAFT_SERVER_COUNT: string(clusterSize)
+  RAFT_MAX_SERVERS: string(subscriptionCount)
   RAFT_TOPIC: topicName
   RAFT_TABLE: tableName
   RAFT_TIMER_SCHEDULE: '*/1 * * * * *'

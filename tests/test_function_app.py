@@ -65,6 +65,7 @@ def test_http_routes_are_function_key_protected_but_health(
     assert sorted(routes) == [
         "cluster",
         "cluster/leader",
+        "cluster/servers",
         "commands",
         "commands/{request_id}",
         "health",

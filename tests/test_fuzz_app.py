@@ -18,7 +18,15 @@ from hypothesis import strategies as st
 from raft.adapters.memory_bus import InMemoryBus
 from raft.app.kv import KeyValueStore, encode, parse_command
 from raft.app.state_machine import CommandError
-from raft.core.messages import ClientRequest, ClientResponse, Envelope, TransferLeadership
+from raft.core.messages import (
+    AppendEntries,
+    ChangeMembership,
+    ClientRequest,
+    ClientResponse,
+    Envelope,
+    InstallSnapshot,
+    TransferLeadership,
+)
 from raft.node.handler import NodeHandler, NodeOptions
 from tests.fuzzing import SERVERS, command, envelope, fuzz_settings, mutate, tally
 from tests.helpers import CONFIG, ManualCluster
@@ -51,8 +59,9 @@ def test_validate_accepts_or_raises_command_error_and_what_it_accepts_applies(te
 
 
 def refused(env: Envelope, target: str) -> bool:
-    """Whether `target` must change nothing for this envelope: Raft messages from outside
-    the cluster (or from itself), client responses, and requests with invalid commands."""
+    """Whether `target` must change nothing for this envelope: its own messages, Raft
+    messages from outside the cluster other than a leader's, client responses, and requests
+    with invalid commands."""
     m = env.message
     if isinstance(m, ClientResponse):
         return True
@@ -62,9 +71,12 @@ def refused(env: Envelope, target: str) -> bool:
         except CommandError:
             return True
         return False
-    if isinstance(m, TransferLeadership):
+    if isinstance(m, TransferLeadership | ChangeMembership):
         return False  # an operator's request: from any sender (the HTTP API's is "operator")
-    return env.sender not in SERVERS or env.sender == target
+    if env.sender == target:
+        return True
+    # A leader may reach a server that does not know it yet (added to the configuration).
+    return env.sender not in SERVERS and not isinstance(m, AppendEntries | InstallSnapshot)
 
 
 def cluster_with_history() -> ManualCluster:

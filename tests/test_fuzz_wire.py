@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from raft.adapters.poison import Poison, TablePoisonRecorder
-from raft.adapters.servicebus_bus import receive
+from raft.adapters.servicebus_bus import receive, to_service_bus_message
 from raft.adapters.table_rows import check_entity
 from raft.core import wire
 from raft.core.messages import Envelope
@@ -169,3 +170,15 @@ def test_the_poison_recorder_stores_anything_within_table_storage_limits(
     (entity,) = table.entities
     assert entity["BodyBytes"] == 300 * len(body)
     tally("poison recorder", "recorded")
+
+
+@pytest.mark.parametrize("kind", sorted(set(wire.KINDS) - {"tick"}))
+@fuzz_settings(share=0.1)
+@given(data=st.data())
+def test_every_kind_of_message_can_be_put_on_service_bus(kind: str, data: st.DataObject) -> None:
+    """Every kind the wire format knows, today's and any added later, gets its properties."""
+    message = data.draw(st.from_type(wire.KINDS[kind]))
+    sent = to_service_bus_message(Envelope("server-1", "server-2", message), 120, "m-1")
+    assert sent.application_properties is not None
+    assert sent.application_properties["kind"] == kind
+    assert isinstance(sent.application_properties["term"], int)

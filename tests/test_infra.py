@@ -186,7 +186,12 @@ def test_subscription_names_follow_the_server_id_convention(main: Bicep) -> None
     loop = main["variables"]["serverIds"]["value"]
     detail = loop["loop_type"]["detail"]
     assert loop["loop_type"]["type"] == "range"
-    assert detail["count"] == "clusterSize"
+    assert detail["count"] == "subscriptionCount"
+    count = main["variables"]["subscriptionCount"]["value"]["function"]
+    assert count == {
+        "type": "max",
+        "parameters": {"arg_1": "clusterSize", "arg_2": "maxClusterSize"},
+    }
     for size in _allowed(main["parameters"]["clusterSize"]):
         indexes = range(detail["start_index"], detail["start_index"] + size)
         names = [loop["config"].replace("${" + detail["index_name"] + "}", str(i)) for i in indexes]
@@ -248,7 +253,9 @@ def test_app_settings_name_every_setting_and_connection(main: Bicep) -> None:
 def test_app_settings_default_to_the_settings_defaults(main: Bicep) -> None:
     app_settings = _app_settings(main)
     values = {name: _resolve(app_settings[name], main) for name in settings.DEFAULTS}
-    assert values == settings.DEFAULTS
+    # Derived, not defaulted: every server with a subscription has a trigger.
+    assert values.pop(settings.MAX_SERVERS) == "subscriptionCount"
+    assert values == {k: v for k, v in settings.DEFAULTS.items() if k != settings.MAX_SERVERS}
 
 
 def test_no_app_setting_carries_a_key_or_connection_string(main: Bicep) -> None:
@@ -289,6 +296,12 @@ def test_sender_role_is_scoped_to_the_topic(parse: Any) -> None:
 def test_outputs_name_what_a_deployer_needs(main: Bicep) -> None:
     expected = {"functionAppName", "httpEndpoint", "serviceBusNamespace", "storageAccountName"}
     assert expected <= set(main["outputs"])
+
+
+def test_the_app_runs_the_python_version_whose_worker_the_tests_run(parse: Any) -> None:
+    # tests/test_worker_runtime.py indexes the app with the Python 3.13 worker library.
+    text = (ROOT / "infra" / "modules" / "functionapp.bicep").read_text()
+    assert "version: '3.13'" in text
 
 
 def _accessor(value: Any) -> tuple[Any, ...]:

@@ -27,6 +27,7 @@ BUDGETS: dict[str, tuple[int, int, int]] = {
     "no-step-down": (5, 200, 100),  # schedule 9
     "commit-before-majority": (5, 200, 100),  # schedule 0
     "trusts-leader-commit": (5, 200, 100),  # schedule 2
+    "unconfirmed-reads": (3, 400, 1000),  # schedule 234
 }
 
 

@@ -23,7 +23,15 @@ ROOT = Path(__file__).resolve().parent.parent
 WORKER_PYTHON = ROOT / ".venv-worker" / "bin" / "python"
 TIMEOUT_S = 120
 SERVER_FUNCTIONS = [f"server_{i}" for i in range(1, int(names.DEFAULTS[names.SERVER_COUNT]) + 1)]
-HTTP_FUNCTIONS = ["post_command", "get_command", "get_key", "get_cluster", "post_leader", "health"]
+HTTP_FUNCTIONS = [
+    "post_command",
+    "get_command",
+    "get_key",
+    "get_cluster",
+    "post_leader",
+    "change_servers",
+    "health",
+]
 ALL_FUNCTIONS = [*SERVER_FUNCTIONS, "timer", *HTTP_FUNCTIONS]
 
 

@@ -1,4 +1,4 @@
-// The Function App on the Flex Consumption plan (FC1, Linux, Python 3.11) with a
+// The Function App on the Flex Consumption plan (FC1, Linux, Python 3.13) with a
 // system-assigned managed identity. Deployment storage is read with that identity, and
 // every app setting is passed in by main.bicep (identity-based connections only).
 
@@ -110,7 +110,9 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
       }
       runtime: {
         name: 'python'
-        version: '3.11'
+        // 3.13: the worker library the platform runs for it (azure-functions-runtime) is the one
+        // tests/test_worker_runtime.py indexes and invokes this app with.
+        version: '3.13'
       }
     }
   }

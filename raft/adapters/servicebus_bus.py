@@ -61,7 +61,13 @@ from azure.servicebus.exceptions import (
 from raft.adapters.connections import Connection, MissingConnectionError
 from raft.adapters.poison import Poison, PoisonRecorder, normalize_properties
 from raft.core import wire
-from raft.core.messages import ClientRequest, ClientResponse, Envelope, TransferLeadership
+from raft.core.messages import (
+    ChangeMembership,
+    ClientRequest,
+    ClientResponse,
+    Envelope,
+    TransferLeadership,
+)
 
 log = logging.getLogger("raft.servicebus")
 
@@ -98,10 +104,10 @@ class MessageTooLargeError(ValueError):
 
 def message_term(envelope: Envelope) -> int:
     """The Raft term an RPC carries; 0 for client and operator messages (a ClientResponse's
-    `term` is the committed entry's term, not the sender's current term; a request to
-    transfer leadership has none)."""
+    `term` is the committed entry's term, not the sender's current term; an operator's
+    request to transfer leadership or change the membership has none)."""
     m = envelope.message
-    if isinstance(m, ClientRequest | ClientResponse | TransferLeadership):
+    if isinstance(m, ClientRequest | ClientResponse | TransferLeadership | ChangeMembership):
         return 0
     return m.term
 

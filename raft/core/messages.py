@@ -29,6 +29,8 @@ class Entry:
     reply_to: str = ""
     issued_at: int = 0
     time: int = 0
+    # A configuration entry (thesis §4.1): the cluster's servers from this entry on.
+    servers: tuple[ServerId, ...] = ()
 
     @property
     def size(self) -> int:
@@ -184,6 +186,15 @@ class TimeoutNow:
 
 
 @dataclass(frozen=True, slots=True)
+class ChangeMembership:
+    """From an operator to the leader: add `server` to the configuration, or remove it (one
+    server at a time, thesis §4.1)."""
+
+    server: ServerId
+    add: bool
+
+
+@dataclass(frozen=True, slots=True)
 class TransferLeadership:
     """From an operator to the leader: hand leadership to `target` (within an election
     timeout, or not at all)."""
@@ -202,6 +213,7 @@ Message = (
     | ClientResponse
     | TimeoutNow
     | TransferLeadership
+    | ChangeMembership
 )
 
 

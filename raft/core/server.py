@@ -21,6 +21,7 @@ from typing import Any
 from raft.core.messages import (
     AppendEntries,
     AppendEntriesResponse,
+    ChangeMembership,
     ClientRequest,
     ClientResponse,
     ClientStatus,
@@ -127,10 +128,17 @@ class RaftServer:
         if isinstance(m, TransferLeadership):
             self.on_transfer_leadership(m, now)
             return
+        if isinstance(m, ChangeMembership):
+            self.on_change_membership(m)
+            return
         if isinstance(m, ClientResponse):
             return
         sender = envelope.sender
-        if sender not in self.state.servers or sender == self.state.server_id:
+        if sender == self.state.server_id:
+            return
+        if sender not in self.state.servers and not isinstance(m, AppendEntries | InstallSnapshot):
+            # Only a leader may reach a server outside the configuration this one knows (one
+            # that was added and has not yet received the entry that adds it).
             return
         if m.term > self.state.current_term and self.adopts_term(m, now):
             # §5.1: a server that sees a higher term updates its term and becomes a follower.
@@ -164,7 +172,7 @@ class RaftServer:
                 return
             if now >= s.heartbeat_deadline:
                 self.heartbeat(now)
-        elif now >= s.election_deadline:
+        elif now >= s.election_deadline and s.server_id in s.servers:
             if self.config.pre_vote:
                 self.become_pre_candidate(now)
             else:
@@ -258,6 +266,10 @@ class RaftServer:
         if s.role is Role.LEADER:
             self.maybe_advance_commit()
             self.index_waiting_reads()
+            if s.server_id not in s.servers and s.config_index <= s.commit_index:
+                # Thesis §4.2.2: a leader removed from the configuration steps down once the
+                # change is committed.
+                self.become_follower(s.current_term, self._now)
         hard = self._hard_state()
         committed = None
         if hard.commit > self._hard.commit:
@@ -432,7 +444,7 @@ class RaftServer:
         timeout steps down, so clients can find the real leader."""
         s = self.state
         active = sum(1 for p in s.progress.values() if p.recent_active)
-        if active + 1 < s.quorum:
+        if active + (s.server_id in s.servers) < s.quorum:
             self.become_follower(s.current_term, now)
             return False
         for p in s.progress.values():
@@ -667,7 +679,8 @@ class RaftServer:
         s = self.state
         if s.role is not Role.LEADER:
             return
-        matches = sorted([s.last_index, *(p.match for p in s.progress.values())], reverse=True)
+        own = [s.last_index] if s.server_id in s.servers else []
+        matches = sorted([*own, *(p.match for p in s.progress.values())], reverse=True)
         candidate = matches[s.quorum - 1]
         if candidate > s.commit_index and s.term_at(candidate) == s.current_term:
             s.commit_index = candidate
@@ -817,7 +830,8 @@ class RaftServer:
             self.mark_log_changed(index + 1)
         s.commit_index = max(s.commit_index, index)
         s.last_applied = max(s.last_applied, index)
-        s.servers = incoming.servers
+        s.base_servers = incoming.servers
+        self.configure(s.servers_at(s.last_index))
         s.incoming = None
         s.snapshot = Snapshot(index, term, incoming.data, incoming.servers)
         self._installed = s.snapshot
@@ -831,6 +845,7 @@ class RaftServer:
         s.snapshot = snapshot
         start = max(s.log_start, snapshot.index - keep)
         if start > s.log_start:
+            s.base_servers = s.servers_at(start)
             s.log_start_term = s.term_at(start)
             del s.log[: start - s.log_start]
             s.log_start = start
@@ -870,6 +885,26 @@ class RaftServer:
         self.append(
             Entry(s.current_term, m.client_id, m.seq, m.data, m.reply_to, m.issued_at, self._now)
         )
+        self._to_replicate.update(s.peers)
+
+    def on_change_membership(self, m: ChangeMembership) -> None:
+        """Thesis §4.1: one server at a time, and only once the previous change is committed
+        and this leader has committed an entry of its own term (the fix for the bug found in
+        single-server changes, thesis errata and §4.1 of the Raft dissertation's updates).
+        Requests that do not qualify are dropped; the operator sees the configuration and
+        asks again."""
+        s = self.state
+        if s.role is not Role.LEADER or s.transfer_to:
+            return
+        if s.config_index > s.commit_index or s.term_at(s.commit_index) != s.current_term:
+            return
+        if m.add == (m.server in s.servers):
+            return  # already so
+        servers = (*s.servers, m.server) if m.add else tuple(x for x in s.servers if x != m.server)
+        if not servers:
+            return
+        self.wake(self._now)
+        self.append(Entry(term=s.current_term, servers=servers))
         self._to_replicate.update(s.peers)
 
     def on_transfer_leadership(self, m: TransferLeadership, now: int) -> None:
@@ -921,7 +956,8 @@ class RaftServer:
     def confirm_reads(self) -> None:
         """Hand over the reads whose round a majority (this leader included) acknowledged."""
         s = self.state
-        acked = sorted([s.read_round, *(p.read_acked for p in s.progress.values())], reverse=True)
+        own = [s.read_round] if s.server_id in s.servers else []
+        acked = sorted([*own, *(p.read_acked for p in s.progress.values())], reverse=True)
         confirmed = acked[s.quorum - 1]
         ready = [r for r in s.reads if r.round <= confirmed and r.index]
         if ready:
@@ -951,11 +987,33 @@ class RaftServer:
         s = self.state
         s.log.append(entry)
         self.mark_log_changed(s.last_index)
+        if entry.servers:
+            # Thesis §4.1: a server uses the latest configuration in its log, committed or not.
+            self.configure(entry.servers)
 
     def truncate(self, index: int) -> None:
         s = self.state
+        removed_config = any(e.servers for e in s.log[index - s.log_start - 1 :])
         del s.log[index - s.log_start - 1 :]
         self.mark_log_changed(index)
+        if removed_config:
+            self.configure(s.servers_at(s.last_index))
+
+    def configure(self, servers: tuple[ServerId, ...]) -> None:
+        """Adopt `servers`: a leader starts or stops replicating to the servers that come or go."""
+        s = self.state
+        s.servers = servers
+        # Votes count only from the configuration in use (thesis §4.1).
+        s.votes = {voter for voter in s.votes if voter in servers}
+        if s.role is not Role.LEADER:
+            return
+        s.progress = {
+            peer: s.progress.get(peer) or Progress(next=s.last_index + 1) for peer in s.peers
+        }
+        self._to_replicate &= set(s.peers)
+        self._heartbeat_due &= set(s.peers)
+        if s.transfer_to not in s.peers:
+            s.transfer_to = ""
 
     def mark_log_changed(self, index: int) -> None:
         if self._log_changed_from is None or index < self._log_changed_from:

@@ -199,7 +199,8 @@ class IncomingSnapshot:
 @dataclass(slots=True)
 class ServerState:
     server_id: ServerId
-    # Every server in the cluster, this one included, in a fixed order.
+    # The cluster's configuration: the latest one in the log, committed or not (thesis §4.1),
+    # else `base_servers`. Empty on a server added later until it hears from a leader.
     servers: tuple[ServerId, ...]
     rng: int
     # Persistent state on all servers (Figure 2).
@@ -238,6 +239,29 @@ class ServerState:
     # Leadership transfer in progress (thesis §3.10): to whom, and until when.
     transfer_to: ServerId = ""
     transfer_deadline: int = 0
+    # The configuration in effect at log_start (before every configuration entry in the log).
+    base_servers: tuple[ServerId, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.base_servers is None:
+            self.base_servers = self.servers
+
+    def servers_at(self, index: int) -> tuple[ServerId, ...]:
+        """The configuration in effect once entries up to `index` are in the log."""
+        for i in range(min(index, self.last_index), self.log_start, -1):
+            servers = self.log[i - self.log_start - 1].servers
+            if servers:
+                return servers
+        assert self.base_servers is not None
+        return self.base_servers
+
+    @property
+    def config_index(self) -> int:
+        """The index of the latest configuration entry (log_start if none is in the log)."""
+        for i in range(self.last_index, self.log_start, -1):
+            if self.log[i - self.log_start - 1].servers:
+                return i
+        return self.log_start
 
     @property
     def peers(self) -> tuple[ServerId, ...]:
@@ -320,6 +344,8 @@ def state_to_dict(state: ServerState) -> dict[str, Any]:
         "last_index": state.last_index,
         "role": state.role.value,
         "servers": list(state.servers),
+        "base_servers": list(state.base_servers or ()),
+        "config_index": state.config_index,
         "votes": sorted(state.votes),
         "progress": {peer: p.to_json() for peer, p in state.progress.items()},
         "incoming": None if state.incoming is None else state.incoming.to_json(),
@@ -339,6 +365,7 @@ def state_from_dict(
         setattr(state, name, doc[name])
     state.role = Role(doc["role"])
     state.votes = set(doc["votes"])
+    state.base_servers = tuple(doc["base_servers"])
     state.reads = [PendingRead(*read) for read in doc["reads"]]
     state.progress = {peer: Progress.from_json(p) for peer, p in doc["progress"].items()}
     incoming = doc["incoming"]

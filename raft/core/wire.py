@@ -21,6 +21,7 @@ from raft.core import strict_json
 from raft.core.messages import (
     AppendEntries,
     AppendEntriesResponse,
+    ChangeMembership,
     ClientRequest,
     ClientResponse,
     ClientStatus,
@@ -64,13 +65,14 @@ KINDS: dict[str, type] = {
     "client_response": ClientResponse,
     "timeout_now": TimeoutNow,
     "transfer_leadership": TransferLeadership,
+    "change_membership": ChangeMembership,
     "tick": Tick,
 }
 KIND_OF: dict[type, str] = {cls: kind for kind, cls in KINDS.items()}
 
 # Field name -> expected JSON type, per record. "id" is a bounded string, "nat" a
 # non-negative int (never a bool), "str" any string, "bool" a bool, "ids" a bounded list of
-# ids (a cluster configuration).
+# ids (a cluster configuration), "config" the same or empty (an entry that is not one).
 SCHEMAS: dict[type, dict[str, str]] = {
     Entry: {
         "term": "nat",
@@ -80,6 +82,7 @@ SCHEMAS: dict[type, dict[str, str]] = {
         "reply_to": "id",
         "issued_at": "nat",
         "time": "nat",
+        "servers": "config",
     },
     RequestVote: {
         "term": "nat",
@@ -128,6 +131,7 @@ SCHEMAS: dict[type, dict[str, str]] = {
     },
     TimeoutNow: {"term": "nat", "leader_id": "id"},
     TransferLeadership: {"target": "id"},
+    ChangeMembership: {"server": "id", "add": "bool"},
     ClientRequest: {
         "client_id": "id",
         "seq": "nat",
@@ -147,6 +151,19 @@ SCHEMAS: dict[type, dict[str, str]] = {
         "leader_hint": "id",
     },
     Tick: {"now": "nat"},
+}
+
+
+# The body field that names a Raft message's sender: a server only ever sends its own id there,
+# so a message whose body names another server than its envelope is refused.
+SENDER_FIELDS: dict[type, str] = {
+    RequestVote: "candidate_id",
+    RequestVoteResponse: "voter_id",
+    AppendEntries: "leader_id",
+    AppendEntriesResponse: "follower_id",
+    InstallSnapshot: "leader_id",
+    InstallSnapshotResponse: "follower_id",
+    TimeoutNow: "leader_id",
 }
 
 
@@ -197,7 +214,11 @@ def decode(raw: str | bytes) -> Envelope:
         raise WireError(f"unknown message kind {brief(doc['kind'])}")
     sender = _check("id", doc["from"], "from")
     to = _check("id", doc["to"], "to")
-    return Envelope(sender=sender, to=to, message=decode_record(cls, doc["body"], "body"))
+    message = decode_record(cls, doc["body"], "body")
+    named = SENDER_FIELDS.get(cls)
+    if named is not None and getattr(message, named) != sender:
+        raise WireError(f"body.{named} {brief(getattr(message, named))} is not the sender")
+    return Envelope(sender=sender, to=to, message=message)
 
 
 def decode_record(cls: type, value: Any, where: str) -> Any:
@@ -250,11 +271,12 @@ def _check(kind: str, value: Any, where: str) -> Any:
             return ClientStatus(value)
         except ValueError:
             raise WireError(f"{where}: unknown status {brief(value)}") from None
-    if kind == "ids":
+    if kind in ("ids", "config"):
         if not isinstance(value, list) or len(value) > MAX_SERVERS:
             raise WireError(f"{where} must be a list of at most {MAX_SERVERS} ids")
         ids = tuple(_check("id", v, f"{where}[{i}]") for i, v in enumerate(value))
-        if not ids or len(set(ids)) != len(ids):
+        # A configuration entry names at least one server; any other entry names none.
+        if (kind == "ids" and not ids) or len(set(ids)) != len(ids):
             raise WireError(f"{where} must name at least one server, each once")
         return ids
     if kind == "entries":

@@ -69,10 +69,11 @@ class FunctionsHost:
         self.clock = clock or WallClock()
         options = node_options(settings)
         self.handlers = {
-            s: NodeHandler(s, settings.servers, store, bus, options) for s in settings.servers
+            s: NodeHandler(s, settings.servers, store, bus, options, settings.spares)
+            for s in settings.all_servers
         }
         self.api = ClusterApi(
-            settings.servers,
+            settings.all_servers,
             store,
             bus,
             ApiLimits(
@@ -161,6 +162,9 @@ class FunctionsHost:
 
     def post_leader(self, req: func.HttpRequest) -> func.HttpResponse:
         return to_http(self.api.post_leader(req.get_body()))
+
+    def change_servers(self, req: func.HttpRequest) -> func.HttpResponse:
+        return to_http(self.api.change_servers(req.get_body(), add=req.method == "POST"))
 
     def health(self, req: func.HttpRequest) -> func.HttpResponse:
         return to_http(self.api.health())

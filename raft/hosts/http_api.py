@@ -3,6 +3,7 @@ requests here.
 
     POST /api/commands            submit a command; wait for its committed result
     POST /api/cluster/leader      move leadership to {"server": id}; wait until it leads
+    POST /api/cluster/servers     add {"server": id} to the configuration (DELETE: remove it)
     GET  /api/commands/{id}       the outcome of an earlier submission
     GET  /api/kv/{key}            linearizable read (ReadIndex: no log entry)
     GET  /api/cluster             each server's role, term, commit and last index, leader
@@ -29,7 +30,7 @@ from typing import Any
 from raft.app.kv import KeyValueStore, encode
 from raft.app.state_machine import CommandError, command_bytes
 from raft.core import strict_json
-from raft.core.messages import ClientRequest, Envelope, TransferLeadership
+from raft.core.messages import ChangeMembership, ClientRequest, Envelope, TransferLeadership
 from raft.core.strict_json import brief
 from raft.node.handler import UPDATED_AT
 from raft.ports.bus import Bus
@@ -168,15 +169,9 @@ class ClusterApi:
 
     def post_leader(self, body: bytes) -> ApiResponse:
         """Move leadership to `{"server": id}` (thesis §3.10) and wait until it leads."""
-        try:
-            doc = strict_json.loads(body)
-        except strict_json.JsonInputError as exc:
-            return error(400, f"body: {exc}")
-        target = doc.get("server") if isinstance(doc, dict) else None
-        if not isinstance(target, str):
-            return error(400, 'body must be JSON like {"server": "server-2"}')
-        if target not in self.servers:
-            return error(404, f"unknown server {brief(target)}; servers are {self.servers}")
+        target = self._server_in(body)
+        if isinstance(target, ApiResponse):
+            return target
         leader = self.find_leader()
         if leader is None:
             return error(503, "no leader is known; retry shortly", **{"Retry-After": RETRY_AFTER_S})
@@ -196,6 +191,47 @@ class ClusterApi:
             leader = self.find_leader()
         return ApiResponse(200, {"leader": target, "term": leader[1]["current_term"]})
 
+    def change_servers(self, body: bytes, add: bool) -> ApiResponse:
+        """Add `{"server": id}` to the configuration (POST) or remove it (DELETE), one at a
+        time (thesis §4.1), and wait until the leader has committed the change."""
+        server = self._server_in(body)
+        if isinstance(server, ApiResponse):
+            return server
+        deadline = time.monotonic() + self.limits.wait_s
+        poll, ask_at = self.limits.poll_s, 0.0
+        while True:
+            leader = self.find_leader()
+            if leader is not None:
+                leader_id, state = leader
+                done = (server in state["servers"]) == add
+                if done and state["config_index"] <= state["commit_index"]:
+                    return ApiResponse(200, {"servers": state["servers"], "leader": leader_id})
+                now = time.monotonic()
+                if not done and now >= ask_at:
+                    # Dropped while another change is uncommitted: asked again later.
+                    change = ChangeMembership(server, add)
+                    log.info("membership leader=%s server=%s add=%s", leader_id, server, add)
+                    self.bus.publish([Envelope("operator", leader_id, change)])
+                    ask_at = now + self.limits.resend_s
+            if time.monotonic() >= deadline:
+                verb = "add" if add else "remove"
+                return error(504, f"could not {verb} {server} in {self.limits.wait_s:g} s")
+            self.sleep(poll)
+            poll = min(self.limits.max_poll_s, poll * 1.5)
+
+    def _server_in(self, body: bytes) -> str | ApiResponse:
+        """The server a `{"server": id}` body names, or the 400 or 404 that refuses it."""
+        try:
+            doc = strict_json.loads(body)
+        except strict_json.JsonInputError as exc:
+            return error(400, f"body: {exc}")
+        server = doc.get("server") if isinstance(doc, dict) else None
+        if not isinstance(server, str):
+            return error(400, 'body must be JSON like {"server": "server-2"}')
+        if server not in self.servers:
+            return error(404, f"unknown server {brief(server)}; servers are {self.servers}")
+        return server
+
     def get_cluster(self) -> ApiResponse:
         servers = []
         for server_id in self.servers:
@@ -208,6 +244,7 @@ class ClusterApi:
                     "commit_index": state.get("commit_index", 0),
                     "last_index": state.get("last_index", 0),
                     "leader": state.get("leader_id") or None,
+                    "configuration": state.get("servers", []),
                     "last_activity_ms": state.get(UPDATED_AT),
                 }
             )

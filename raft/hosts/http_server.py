@@ -33,6 +33,8 @@ def route(
         return api.post_command(body, request_id)
     if method == "POST" and path == "/api/cluster/leader":
         return api.post_leader(body)
+    if method in ("POST", "DELETE") and path == "/api/cluster/servers":
+        return api.change_servers(body, add=method == "POST")
     if method == "GET" and path == "/api/cluster":
         return api.get_cluster()
     if method == "GET" and path == "/api/health":
@@ -62,6 +64,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self._dispatch(b"")
+
+    def do_DELETE(self) -> None:
+        self.do_POST()
 
     def do_POST(self) -> None:
         declared = self.headers.get("Content-Length") or "0"

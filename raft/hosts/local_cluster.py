@@ -34,13 +34,19 @@ class LocalCluster:
         options: NodeOptions,
         clock: Clock | None = None,
         tick_ms: int = 10,
+        spares: Sequence[str] = (),
     ) -> None:
         self.servers = list(servers)
         self.store = store
         self.bus = bus
         self.clock = clock or WallClock()
         self.tick_ms = tick_ms
-        self.handlers = {s: NodeHandler(s, self.servers, store, bus, options) for s in servers}
+        # Spares: servers that run but are outside the first configuration until added.
+        self.spares = list(spares)
+        self.handlers = {
+            s: NodeHandler(s, self.servers, store, bus, options, self.spares)
+            for s in (*self.servers, *self.spares)
+        }
         self._next_tick = 0
         self._stop = threading.Event()
 

@@ -23,6 +23,7 @@ HTTP_WAIT_S = "RAFT_HTTP_WAIT_S"
 MAX_COMMAND_BYTES = "RAFT_MAX_COMMAND_BYTES"
 MESSAGE_TTL_S = "RAFT_MESSAGE_TTL_S"
 SESSION_RETENTION_S = "RAFT_SESSION_RETENTION_S"
+MAX_SERVERS = "RAFT_MAX_SERVERS"
 
 # Binding connection names (Functions convention: NAME holds a connection string, or
 # NAME__fullyQualifiedNamespace / NAME__tableServiceUri / NAME__accountName for identity).
@@ -42,6 +43,9 @@ DEFAULTS: dict[str, str] = {
     MAX_COMMAND_BYTES: "16384",
     MESSAGE_TTL_S: "120",
     SESSION_RETENTION_S: "900",
+    # Servers that have a subscription and a trigger; those past RAFT_SERVER_COUNT are spares
+    # that join when added to the configuration (0: none).
+    MAX_SERVERS: "0",
 }
 
 # The name of each subscription's correlation-filter rule, which matches the adapter's
@@ -89,10 +93,22 @@ class AppSettings:
     message_ttl_s: int
     # How long a client session (and a request id) is remembered: see raft/app/sessions.py.
     session_retention_s: int
+    max_servers: int = 0
 
     @property
     def servers(self) -> list[str]:
+        """The first configuration."""
         return server_ids(self.server_count)
+
+    @property
+    def all_servers(self) -> list[str]:
+        """Every server that has a subscription and a trigger: the first configuration, then
+        the spares."""
+        return server_ids(max(self.server_count, self.max_servers))
+
+    @property
+    def spares(self) -> list[str]:
+        return self.all_servers[self.server_count :]
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> AppSettings:
@@ -112,11 +128,14 @@ class AppSettings:
             max_command_bytes=int(get(MAX_COMMAND_BYTES)),
             message_ttl_s=int(get(MESSAGE_TTL_S)),
             session_retention_s=int(get(SESSION_RETENTION_S)),
+            max_servers=int(get(MAX_SERVERS)),
         )
         if settings.server_count < 1 or settings.server_count > 15:
             raise ValueError(
                 f"{SERVER_COUNT} must be between 1 and 15, got {settings.server_count}"
             )
+        if settings.max_servers > 15:
+            raise ValueError(f"{MAX_SERVERS} must be at most 15, got {settings.max_servers}")
         if settings.heartbeat_ms * 3 > settings.election_timeout_ms:
             raise ValueError(f"{ELECTION_TIMEOUT_MS} must be at least 3x {HEARTBEAT_MS}")
         if not 0 < settings.max_command_bytes <= MAX_COMMAND_BYTES_LIMIT:

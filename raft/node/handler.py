@@ -108,11 +108,15 @@ class NodeHandler:
         store: Store,
         bus: Bus,
         options: NodeOptions | None = None,
+        spares: Sequence[str] = (),
     ) -> None:
-        if server_id not in servers:
-            raise ValueError(f"unknown server id {server_id!r}; servers are {list(servers)}")
+        """`servers` is the cluster's first configuration; `spares` are servers that may be
+        added later: one starts with no configuration and waits to hear from a leader."""
+        if server_id not in (*servers, *spares):
+            known = [*servers, *spares]
+            raise ValueError(f"unknown server id {server_id!r}; servers are {known}")
         self.server_id = server_id
-        self.servers = tuple(servers)
+        self.servers = tuple(servers) if server_id in servers else ()
         self.store = store
         self.bus = bus
         self.options = options or NodeOptions()
@@ -354,9 +358,7 @@ class NodeHandler:
 
     def _install(self, loaded: _Loaded, snapshot: Snapshot) -> None:
         """The core installed a snapshot from its leader: the application follows it. Raises
-        SnapshotError for one this server cannot use: unreadable, or another configuration's."""
-        if snapshot.servers != self.servers:
-            raise SnapshotError(f"snapshot of servers {list(snapshot.servers)} refused")
+        SnapshotError for one the application cannot restore, or that holds another index."""
         opts = self.options
         applied = AppliedState.restore(snapshot.data, opts.machine_factory, opts.sessions)
         if applied.last_applied != snapshot.index:
@@ -376,7 +378,9 @@ class NodeHandler:
         if since <= 0 or (since < interval and loaded.applied_bytes < opts.snapshot_log_bytes):
             return None
         index = applied.last_applied
-        snapshot = Snapshot(index, state.term_at(index), applied.snapshot(), state.servers)
+        snapshot = Snapshot(
+            index, state.term_at(index), applied.snapshot(), state.servers_at(index)
+        )
         server.compact(snapshot, opts.compaction_keep)
         loaded.snapshot_chars = len(snapshot.data)
         loaded.applied_bytes = 0
@@ -439,11 +443,6 @@ class NodeHandler:
         state = state_from_dict(
             self.server_id, stored.state, stored.log, stored.snapshot, stored.incoming
         )
-        if state.servers != self.servers:
-            raise ValueError(
-                f"{self.server_id}: stored cluster {list(state.servers)} differs from the "
-                f"configured {list(self.servers)}; membership changes are not supported"
-            )
         snapshot = state.snapshot
         snapshot_chars = len(snapshot.data) if snapshot is not None else 0
         if (
