@@ -12,16 +12,7 @@ from raft.core.messages import (
 )
 from raft.core.server import RaftServer
 from raft.core.state import Role, ServerState
-from tests.helpers import CONFIG, ack, append, deliver, make_leader, server
-
-
-def committed_leader() -> RaftServer:
-    """s1 leads s1..s3 in term 1 and has committed its no-op."""
-    leader = server("s1")
-    make_leader(leader, 1000)
-    deliver(leader, "s2", ack(1, "s2", 1), 1000)
-    assert leader.state.commit_index == 1
-    return leader
+from tests.helpers import CONFIG, ack, append, committed_leader, deliver, make_leader, server
 
 
 def test_adding_a_server_appends_a_configuration_entry_that_takes_effect_at_once() -> None:

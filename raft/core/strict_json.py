@@ -80,6 +80,8 @@ def loads(raw: str | bytes | bytearray | memoryview, *, max_depth: int = MAX_DEP
             text = bytes(raw).decode("utf-8")
         except UnicodeDecodeError as exc:
             raise JsonInputError(f"not UTF-8: {exc}") from None
+    if text.startswith("\ufeff"):
+        raise JsonInputError("not JSON: it starts with a byte-order mark (BOM)")
     # A quick upper bound first: most texts have fewer brackets than the limit.
     too_deep = (
         text.count("[") + text.count("{") > max_depth and nesting_depth(text, max_depth) > max_depth
@@ -87,7 +89,7 @@ def loads(raw: str | bytes | bytearray | memoryview, *, max_depth: int = MAX_DEP
     if too_deep:
         raise JsonInputError(f"nested more than {max_depth} levels deep (the limit)")
     try:
-        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+        value = _DECODER.decode(text)
     except ValueError as exc:
         raise JsonInputError(f"not JSON: {exc}") from None
     if _SURROGATE_ESCAPE.search(text):
@@ -104,6 +106,11 @@ def _finite_float(text: str) -> float:
     if math.isinf(value):
         raise ValueError(f"number {brief(text)} is too large")
     return value
+
+
+# Built once and called directly: json.loads with hooks builds a decoder per call, which costs
+# as much as decoding a small command, and every server parses every command it applies.
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
 
 
 def _refuse_lone_surrogates(value: Any) -> None:

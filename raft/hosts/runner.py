@@ -209,14 +209,14 @@ def submit_all(
         latency = (time.perf_counter() - sent) * 1000
         if response is None or response.status is not ClientStatus.OK:
             status = "timed out" if response is None else response.status.value
-            print(f"request {number}: {status}", file=out)
+            say(out, f"request {number}: {status}")
             continue
         report.committed += 1
         report.latencies_ms.append(latency)
-        print(
+        say(
+            out,
             f"request {number}: committed at index {response.index} term {response.term} "
             f"in {latency:.1f} ms",
-            file=out,
         )
 
 
@@ -246,9 +246,9 @@ def grow_and_shrink(
         answer = api.change_servers(json.dumps({"server": server}).encode(), add=add)
         verb = "added" if add else "removed"
         if answer.status == 200:
-            print(f"{verb} {server}: configuration {answer.body['servers']}", file=out)
+            say(out, f"{verb} {server}: configuration {answer.body['servers']}")
         else:
-            print(f"could not change {server}: {answer.body}", file=out)
+            say(out, f"could not change {server}: {answer.body}")
             changed = False
     writer.join()
     leader = cluster.leader()
@@ -265,6 +265,16 @@ def grow_and_shrink(
         file=out,
     )
     return changed and once
+
+
+_OUTPUT = threading.Lock()
+
+
+def say(out: TextIO, line: str) -> None:
+    """One whole line, also when the writer and the membership changes print at once."""
+    with _OUTPUT:
+        out.write(line + "\n")
+        out.flush()
 
 
 def open_store(args: argparse.Namespace) -> Store:

@@ -222,18 +222,21 @@ class NodeHandler:
     def _step_all(self, loaded: _Loaded, envelopes: Sequence[Envelope], now: int) -> list[Envelope]:
         """Step each message; answer retried or invalid client requests without the core."""
         direct: list[Envelope] = []
+        # Asked once per batch: a disabled log.debug still costs a call per request.
+        debug = log.isEnabledFor(logging.DEBUG)
         for envelope in envelopes:
             m = envelope.message
             if isinstance(m, ClientRequest):
-                log.debug(
-                    "server=%s role=%s client_request client=%s seq=%d from=%s hops=%d",
-                    self.server_id,
-                    loaded.server.state.role.value,
-                    m.client_id,
-                    m.seq,
-                    envelope.sender,
-                    m.hops,
-                )
+                if debug:
+                    log.debug(
+                        "server=%s role=%s client_request client=%s seq=%d from=%s hops=%d",
+                        self.server_id,
+                        loaded.server.state.role.value,
+                        m.client_id,
+                        m.seq,
+                        envelope.sender,
+                        m.hops,
+                    )
                 answer = self._answer_without_log(loaded, m, now)
                 if answer is not None:
                     if m.reply_to:
@@ -314,6 +317,7 @@ class NodeHandler:
         results: list[ClientResult] = []
         if applied.last_applied >= state.commit_index:
             return replies, results
+        debug = log.isEnabledFor(logging.DEBUG)
         for index in range(applied.last_applied + 1, state.commit_index + 1):
             entry = state.entry(index)
             loaded.applied_bytes += entry.size
@@ -323,15 +327,16 @@ class NodeHandler:
                 replies.append(Envelope(self.server_id, entry.reply_to, expired))
             if not isinstance(session, Session):
                 continue
-            # client= and seq= follow one request from the HTTP log line across servers.
-            log.debug(
-                "server=%s applied index=%d term=%d client=%s seq=%d",
-                self.server_id,
-                index,
-                entry.term,
-                entry.client_id,
-                entry.seq,
-            )
+            if debug:
+                # client= and seq= follow one request from the HTTP log line across servers.
+                log.debug(
+                    "server=%s applied index=%d term=%d client=%s seq=%d",
+                    self.server_id,
+                    index,
+                    entry.term,
+                    entry.client_id,
+                    entry.seq,
+                )
             if not entry.reply_to:
                 results.append(
                     ClientResult(

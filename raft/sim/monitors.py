@@ -203,7 +203,6 @@ class Durability(Monitor):
     def __init__(self, servers: tuple[str, ...], views: dict[str, PersistedView]) -> None:
         self.servers = servers
         self.views = views
-        self.quorum = len(servers) // 2 + 1
         # index -> (term, client, seq, holders)
         self.acked: dict[int, tuple[int, str, int, set[str]]] = {}
 
@@ -213,6 +212,14 @@ class Durability(Monitor):
             return False
         entry = log[index - 1]
         return entry.term == term and entry.client_id == client and entry.seq == seq
+
+    def _config_at(self, index: int, holders: set[str]) -> tuple[str, ...]:
+        for holder in sorted(holders):
+            log = self.views[holder].log
+            for entry in reversed(log[:index]):
+                if entry.servers:
+                    return entry.servers
+        return self.servers
 
     def on_ack(self, op: Operation, index: int, term: int) -> str | None:
         if index in self.acked:
@@ -238,7 +245,9 @@ class Durability(Monitor):
 
     def _check(self, index: int) -> str | None:
         term, client, seq, holders = self.acked[index]
-        if len(holders) < self.quorum:
+        # A majority of the configuration in effect at that index (membership changes move it).
+        servers = self._config_at(index, holders)
+        if len(holders & set(servers)) < len(servers) // 2 + 1:
             return (
                 f"acknowledged write {client}#{seq} (index {index}, term {term}) is stored on "
                 f"only {sorted(holders)}: a crash of the others would lose it"
