@@ -30,6 +30,11 @@ param maximumInstanceCount int = 40
 ])
 param instanceMemoryMB int = 2048
 
+@description('Concurrent HTTP invocations one instance serves (a waiting POST mostly sleeps); settings.HTTP_CONCURRENCY.')
+@minValue(1)
+@maxValue(1000)
+param httpPerInstanceConcurrency int = 16
+
 @description('Log Analytics workspace that receives FunctionAppLogs.')
 param workspaceId string
 
@@ -96,6 +101,12 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
       scaleAndConcurrency: {
         maximumInstanceCount: maximumInstanceCount
         instanceMemoryMB: instanceMemoryMB
+        // Python's default is 1: each long-polling POST would hold an instance to itself.
+        triggers: {
+          http: {
+            perInstanceConcurrency: httpPerInstanceConcurrency
+          }
+        }
       }
       runtime: {
         name: 'python'

@@ -9,6 +9,10 @@ Commands and results are JSON objects::
                                                     -> {"ok": swapped, "value": <current>}
 
 Gets go through the log like every other command, so reads are linearizable.
+
+Validation is deterministic and independent of the call stack: the HTTP API and the leader
+run the same `parse_command` on the same text, so a command the API accepted is never refused
+later (docs/bad-input.md).
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from raft.app.state_machine import CommandError
+from raft.app.state_machine import CommandError, SnapshotError
+from raft.core import strict_json
+from raft.core.strict_json import brief
 
 MAX_KEY_CHARS = 1024
 FIELDS: dict[str, set[str]] = {
@@ -27,21 +33,19 @@ FIELDS: dict[str, set[str]] = {
 }
 
 
-# One decoder, called directly: json.loads's own checks cost as much as decoding a small
-# command, and every server parses every command it applies.
-_DECODER = json.JSONDecoder()
-
-
 def parse_command(data: str) -> dict[str, Any]:
     try:
-        command = _DECODER.decode(data)
-    except (ValueError, RecursionError) as exc:
-        raise CommandError(f"command is not JSON (or nested too deeply): {exc}") from None
+        # The parser every boundary shares (one decoder built once: every server parses
+        # every command it applies).
+        command = strict_json.loads(data)
+    except strict_json.JsonInputError as exc:
+        raise CommandError(f"command: {exc}") from None
     if not isinstance(command, dict):
         raise CommandError("command must be a JSON object")
     op = command.get("op")
-    if op not in FIELDS:
-        raise CommandError(f"unknown op {op!r}; expected one of {sorted(FIELDS)}")
+    # isinstance first: an object or array `op` is unhashable, so `in FIELDS` would raise.
+    if not isinstance(op, str) or op not in FIELDS:
+        raise CommandError(f"unknown op {brief(op)}; expected one of {sorted(FIELDS)}")
     if command.keys() != FIELDS[op]:
         raise CommandError(f"{op} takes exactly the fields {sorted(FIELDS[op])}")
     key = command["key"]
@@ -120,4 +124,10 @@ class KeyValueStore:
         return encode(self.data)
 
     def restore(self, snapshot: str) -> None:
-        self.data = json.loads(snapshot)
+        try:
+            data = json.loads(snapshot)
+        except (ValueError, RecursionError) as exc:
+            raise SnapshotError(f"key-value snapshot is not JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise SnapshotError("key-value snapshot must be a JSON object")
+        self.data = data

@@ -16,11 +16,17 @@ import azure.functions as func
 
 from raft.adapters.connections import resolve
 from raft.adapters.poison import LoggingPoisonRecorder, PoisonRecorder, TablePoisonRecorder
-from raft.adapters.servicebus_bus import ServiceBusBus, receive
+from raft.adapters.servicebus_bus import (
+    ServiceBusBus,
+    delivery_properties,
+    receive,
+    trace_headers,
+)
 from raft.app.sessions import SessionPolicy
-from raft.core.messages import Envelope
+from raft.core.messages import AppendEntries, ClientRequest, Envelope
 from raft.core.state import Config
 from raft.hosts import settings as names
+from raft.hosts import telemetry
 from raft.hosts.http_api import (
     STEP_SAVE_ATTEMPTS,
     ApiLimits,
@@ -112,6 +118,7 @@ class FunctionsHost:
             resolve(names.SERVICE_BUS_CONNECTION, source, "servicebus"),
             settings.topic,
             settings.message_ttl_s,
+            trace_context=telemetry.current_headers,
         )
         # Malformed deliveries are kept in the Raft table's "poison" partition, with reasons.
         return cls(settings, store, bus, TablePoisonRecorder(store.table))
@@ -120,14 +127,29 @@ class FunctionsHost:
 
     def on_messages(self, server_id: str, messages: Sequence[func.ServiceBusMessage]) -> None:
         """A batch from `server_id`'s subscription: malformed messages are recorded and
-        dropped (returning normally completes them); the rest are stepped in one save. An
-        exception makes Service Bus redeliver the batch, which the core tolerates."""
+        dropped (returning normally completes them); the rest are stepped in one save, in a
+        span that continues their trace. An exception makes Service Bus redeliver the batch,
+        which the core tolerates; bad input never raises one (docs/bad-input.md)."""
         envelopes: list[Envelope] = []
+        # The step continues the trace of a message carrying a command, if any, rather than
+        # a heartbeat's: so a command's trace goes on through every server replicating it.
+        with_command: list[dict[str, str]] = []
+        without: list[dict[str, str]] = []
         for message in messages:
             envelope = receive(message, self.recorder, server_id=server_id)
             if envelope is not None:
                 envelopes.append(envelope)
-        if envelopes:
+                headers = trace_headers(delivery_properties(message))
+                (with_command if _carries(envelope) else without).append(headers)
+        if not envelopes:
+            return
+        attributes = {
+            "messaging.system": "servicebus",
+            "messaging.batch.message_count": len(messages),
+            "raft.server": server_id,
+        }
+        traces = with_command + without
+        with telemetry.batch_span(f"raft step {server_id}", traces, attributes):
             self.handlers[server_id].handle(envelopes, self.clock.now_ms())
 
     def on_timer(self) -> None:
@@ -164,6 +186,15 @@ class FunctionsHost:
 
     def change_servers(self, req: func.HttpRequest) -> func.HttpResponse:
         return to_http(self.api.change_servers(req.get_body(), add=req.method == "POST"))
+
+    def health(self, req: func.HttpRequest) -> func.HttpResponse:
+        return to_http(self.api.health())
+
+
+def _carries(envelope: Envelope) -> bool:
+    """Whether `envelope` carries a client command (a request, or entries to replicate)."""
+    m = envelope.message
+    return isinstance(m, ClientRequest) or (isinstance(m, AppendEntries) and bool(m.entries))
 
 
 def to_http(response: ApiResponse) -> func.HttpResponse:

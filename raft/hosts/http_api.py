@@ -7,6 +7,7 @@ requests here.
     GET  /api/commands/{id}       the outcome of an earlier submission
     GET  /api/kv/{key}            linearizable read (ReadIndex: no log entry)
     GET  /api/cluster             each server's role, term, commit and last index, leader
+    GET  /api/health              anonymous: 200 while a leader is known, else 503
 
 A command is sent to the leader with no reply address (`reply_to` empty): every server records
 the result in the store when it applies the entry, and this API polls the leader's record.
@@ -28,7 +29,9 @@ from typing import Any
 
 from raft.app.kv import KeyValueStore, encode
 from raft.app.state_machine import CommandError, command_bytes
+from raft.core import strict_json
 from raft.core.messages import ChangeMembership, ClientRequest, Envelope, TransferLeadership
+from raft.core.strict_json import brief
 from raft.node.handler import UPDATED_AT, ConflictRetriesExhausted, NodeHandler
 from raft.ports.bus import Bus
 from raft.ports.clock import Clock, WallClock
@@ -36,7 +39,7 @@ from raft.ports.store import ClientResult, Store
 
 log = logging.getLogger("raft.http")
 
-REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,100}")
 CLIENT_PREFIX = "http-"
 RETRY_AFTER_S = "1"
 
@@ -122,14 +125,20 @@ class ClusterApi:
     # ----------------------------------------------------------------- routes
 
     def post_command(self, body: bytes, request_id: str | None) -> ApiResponse:
+        """Every refusal happens here, before anything is sent, and with the checks the
+        leader repeats (the same parser, the same validation, the same size bound), so a
+        command accepted here is never refused later for its content."""
+        if request_id is not None and not REQUEST_ID.fullmatch(request_id):
+            return error(400, "request id must be 1-100 characters of A-Z a-z 0-9 . _ : -")
         if len(body) > self.limits.max_command_bytes:
             return error(
                 413, f"command is {len(body)} bytes; the limit is {self.limits.max_command_bytes}"
             )
         try:
-            command = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            return error(400, f"body is not JSON: {exc}")
+            command = strict_json.loads(body)
+        except strict_json.JsonInputError as exc:
+            return error(400, f"body: {exc}")
+        # What the log holds: canonical (sorted keys, one of each), measured as UTF-8.
         data = encode(command)
         if command_bytes(data) > self.limits.max_command_bytes:
             return error(
@@ -141,14 +150,10 @@ class ClusterApi:
             self.validate(data)
         except CommandError as exc:
             return error(400, str(exc))
-        if request_id is None:
-            request_id = uuid.uuid4().hex
-        elif not REQUEST_ID.match(request_id):
-            return error(400, "request id must be 1-100 characters of A-Z a-z 0-9 . _ : -")
-        return self.submit(request_id, data)
+        return self.submit(request_id or uuid.uuid4().hex, data)
 
     def get_command(self, request_id: str) -> ApiResponse:
-        if not REQUEST_ID.match(request_id):
+        if not REQUEST_ID.fullmatch(request_id):
             return error(400, "malformed request id")
         for server_id in self.servers:
             found = self.store.read_result(server_id, CLIENT_PREFIX + request_id)
@@ -237,13 +242,17 @@ class ClusterApi:
             poll = min(self.limits.max_poll_s, poll * 1.5)
 
     def _server_in(self, body: bytes) -> str | ApiResponse:
+        """The server a `{"server": id}` body names, or the 400 or 404 that refuses it."""
         try:
-            server = json.loads(body)["server"]
-        except (ValueError, TypeError, KeyError, UnicodeDecodeError):
+            doc = strict_json.loads(body)
+        except strict_json.JsonInputError as exc:
+            return error(400, f"body: {exc}")
+        server = doc.get("server") if isinstance(doc, dict) else None
+        if not isinstance(server, str):
             return error(400, 'body must be JSON like {"server": "server-2"}')
         if server not in self.servers:
-            return error(404, f"unknown server {server!r}; servers are {self.servers}")
-        return str(server)
+            return error(404, f"unknown server {brief(server)}; servers are {self.servers}")
+        return server
 
     def get_cluster(self) -> ApiResponse:
         servers = []
@@ -263,6 +272,17 @@ class ClusterApi:
             )
         leader = self.find_leader()
         return ApiResponse(200, {"leader": leader[0] if leader else None, "servers": servers})
+
+    def health(self) -> ApiResponse:
+        """For availability tests and load balancers, so anonymous: whether the cluster can
+        take commands (a leader is known), and nothing that names a server, term or key."""
+        if self.find_leader() is None:
+            return ApiResponse(
+                503,
+                {"status": "unavailable", "detail": "no leader is known"},
+                {"Retry-After": RETRY_AFTER_S},
+            )
+        return ApiResponse(200, {"status": "ok"})
 
     # ----------------------------------------------------------------- submitting
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 
 from raft.app.kv import KeyValueStore
 from raft.app.sessions import AppliedState, Session, SessionPolicy
-from raft.app.state_machine import CommandError, StateMachine, command_bytes
+from raft.app.state_machine import CommandError, SnapshotError, StateMachine, command_bytes
 from raft.core.messages import ClientRequest, ClientResponse, ClientStatus, Envelope
 from raft.core.rng import seed_for
 from raft.core.server import RaftServer, Ready
@@ -169,7 +169,13 @@ class NodeHandler:
                 direct = action(loaded)
                 ready = server.ready()
                 if ready.installed is not None:
-                    self._install(loaded, ready.installed)
+                    try:
+                        self._install(loaded, ready.installed)
+                    except SnapshotError as exc:
+                        # Installing it would lose the applied state: the whole step is dropped
+                        # (nothing saved or sent, the cache reloads), as if its batch were lost.
+                        log.error("server=%s refused a snapshot: %s", self.server_id, exc)
+                        return
                 applied_from = loaded.applied.last_applied
                 replies, results = self._apply_committed(loaded)
                 read_replies, answers = self._answer_reads(loaded, ready.reads)
@@ -356,9 +362,13 @@ class NodeHandler:
         )
 
     def _install(self, loaded: _Loaded, snapshot: Snapshot) -> None:
-        """The core installed a snapshot from its leader: the application follows it."""
+        """The core installed a snapshot from its leader: the application follows it. Raises
+        SnapshotError for one the application cannot restore, or that holds another index."""
         opts = self.options
-        loaded.applied = AppliedState.restore(snapshot.data, opts.machine_factory, opts.sessions)
+        applied = AppliedState.restore(snapshot.data, opts.machine_factory, opts.sessions)
+        if applied.last_applied != snapshot.index:
+            raise SnapshotError(f"snapshot at {snapshot.index} holds {applied.last_applied}")
+        loaded.applied = applied
         loaded.snapshot_chars = len(snapshot.data)
         loaded.applied_bytes = 0
 
