@@ -114,21 +114,21 @@ def test_liveness_reports_a_message_storm_that_does_not_let_time_pass() -> None:
 
 
 def test_a_new_term_at_rest_breaks_stability() -> None:
-    monitor = Stability(2, "s1", 0, 0, servers=3, window_ms=350, heartbeat_ms=50)
+    monitor = Stability(2, "s1", 0, 0, servers=3, window_ms=350, heartbeat_ms=50, forward_hops=2)
     assert monitor.after_step(2, "leader") is None
     problem = monitor.after_step(3, "leader")
     assert problem == "term 3 started after term 2, with no fault and the leader up"
 
 
 def test_a_leader_stepping_down_at_rest_breaks_stability() -> None:
-    monitor = Stability(2, "s1", 0, 0, servers=3, window_ms=350, heartbeat_ms=50)
+    monitor = Stability(2, "s1", 0, 0, servers=3, window_ms=350, heartbeat_ms=50, forward_hops=2)
     assert monitor.after_step(2, "follower") == "leader s1 became follower with no fault"
 
 
 def test_more_messages_than_heartbeats_and_commands_need_is_a_cost_violation() -> None:
     # 2 followers, 350 / 50 + 1 intervals: 16 AppendEntries and 16 responses; 3 answers to
-    # messages in flight when the window opens; and 4 per command: 2 commands, 8 more.
-    monitor = Stability(2, "s1", 100, 3, servers=3, window_ms=350, heartbeat_ms=50)
-    assert monitor.at_end(100 + 43, rounds=2) is None
-    problem = monitor.at_end(100 + 44, rounds=2)
-    assert problem is not None and "more than the 43" in problem
+    # messages in flight when the window opens; and per command 4, plus 2 forwards: 12 more.
+    monitor = Stability(2, "s1", 100, 3, servers=3, window_ms=350, heartbeat_ms=50, forward_hops=2)
+    assert monitor.at_end(100 + 47, rounds=2) is None
+    problem = monitor.at_end(100 + 48, rounds=2)
+    assert problem is not None and "more than the 47" in problem

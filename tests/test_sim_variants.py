@@ -20,19 +20,19 @@ from raft.sim.variants import VARIANTS
 # variant -> (servers, max steps, schedules budget); found today at the noted schedule.
 # (5, 200, 100) is the default `python -m raft test`.
 BUDGETS: dict[str, tuple[int, int, int]] = {
-    "duplicate-votes": (5, 200, 1000),  # schedule 374
-    "no-up-to-date-check": (5, 200, 200),  # schedule 8
-    "figure-8": (5, 200, 1000),  # schedule 102
-    "vote-not-persisted": (5, 200, 100),  # schedule 1
-    "truncate-on-append": (5, 200, 100),  # schedule 4
-    "no-step-down": (5, 200, 200),  # schedule 32
-    "commit-before-majority": (5, 200, 100),  # schedule 0
-    "unconfirmed-reads": (3, 400, 1000),  # schedule 423
+    "duplicate-votes": (5, 200, 1000),  # schedule 464
+    "no-up-to-date-check": (5, 200, 200),  # schedule 43
+    "figure-8": (5, 200, 1000),  # schedule 247
+    "vote-not-persisted": (5, 200, 100),  # schedule 29
+    "truncate-on-append": (5, 200, 100),  # schedule 1
+    "no-step-down": (5, 200, 100),  # schedule 2
+    "commit-before-majority": (5, 200, 100),  # schedule 1
+    "unconfirmed-reads": (5, 300, 1000),  # schedule 347
     "trusts-leader-commit": (5, 200, 100),  # schedule 3
     "stale-cache-steps": (5, 200, 100),  # schedule 3
     "follower-never-commits": (5, 200, 100),  # schedule 3
-    "compacts-past-commit": (5, 200, 100),  # schedule 3
-    "blind-snapshot-chunks": (5, 200, 300),  # schedule 207
+    "compacts-past-commit": (5, 200, 100),  # schedule 11
+    "blind-snapshot-chunks": (5, 200, 1000),  # schedule 479
 }
 
 

@@ -71,6 +71,10 @@ class SimClient:
             return None
         self.seq += 1
         self.current = self._next_operation(choices)
+        # A new operation goes to any server, as a request through the HTTP API may reach
+        # any instance: not only to the leader the last answer named, which may since have
+        # been deposed without knowing it (followers forward to the leader they know).
+        self.hint = ""
         self.target = choices.below(len(self.servers))
         self._send(now)
         return self.current

@@ -406,8 +406,9 @@ class Stability:
     stale leader step down). And servers may send one another no more than heartbeats and
     the commands need (cost): an AppendEntries and its response per follower per heartbeat
     interval (one more for the interval the window starts in) and per round the leader owes
-    the load (an entry committed, a read confirmed), plus one answer to each message in
-    flight when the window opens."""
+    the load (an entry committed, a read confirmed, each after at most `forward_hops`
+    forwards from the server the client asked), plus one answer to each message in flight
+    when the window opens."""
 
     name = "stability"
     cost = "cost"
@@ -421,12 +422,14 @@ class Stability:
         servers: int,
         window_ms: int,
         heartbeat_ms: int,
+        forward_hops: int,
     ) -> None:
         self.term = term
         self.leader = leader
         self.messages = messages
-        self.per_round = 2 * (servers - 1)
-        self.bound = self.per_round * (window_ms // heartbeat_ms + 1) + inflight
+        heartbeat = 2 * (servers - 1)
+        self.per_round = heartbeat + forward_hops
+        self.bound = heartbeat * (window_ms // heartbeat_ms + 1) + inflight
 
     def after_step(self, term: int, leader_role: str) -> str | None:
         if term != self.term:

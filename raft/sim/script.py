@@ -16,11 +16,13 @@ Commands (servers are s1, s2...; message filters `from=`, `to=`, `type=` match a
 left out, types as in the wire format, e.g. `append_entries`):
 
 - `cluster servers=N [seed=S]`: a new cluster, no clients;
-- `tick S`: S's timer fires (time moves to its deadline if that is later);
-- `heartbeat S`: S's timer fires until S sends something (a leader's next heartbeat);
+- `tick S`: S's timer fires once (time moves to when it is due: a deadline S stored, or
+  the timer trigger's next periodic tick);
+- `fire S`: S's timer fires until S sends something: a follower's election timeout, a
+  leader's next heartbeat;
 - `arm`: tick every server that never ran, which arms its election timer;
-- `elect S`: arm every timer, fire S's, deliver everything, then one heartbeat so the
-  no-op is committed everywhere (the steps are not printed);
+- `elect S`: arm every timer, fire S's until it campaigns, deliver everything, then one
+  heartbeat so the no-op is committed everywhere (the steps are not printed);
 - `deliver [filters] [skip=N] [count=N] [fault]`: deliver the messages now in flight that
   match, oldest first (past the `skip` oldest), one step each; `fault` is
   `crash-after-save` (the handler saves, then dies before its messages leave),
@@ -62,7 +64,7 @@ from raft.sim.schedule import SimSetup
 SEPARATOR = "----"
 FAULTS = {"crash-after-save": CRASH_AFTER_SAVE, "second-instance": RACE, "duplicate": DUPLICATE}
 MAX_STABILIZE_STEPS = 1000
-MAX_TIMER_FIRINGS = 10
+MAX_TIMER_FIRINGS = 40
 
 
 class ScriptError(ValueError):
@@ -162,7 +164,7 @@ class Driver:
         self.cluster.sim.step_with(timer)
         return []
 
-    def do_heartbeat(self, args: list[str]) -> list[str]:
+    def do_fire(self, args: list[str]) -> list[str]:
         (server,) = _exactly(args, 1)
         sim = self.cluster.sim
         for _ in range(MAX_TIMER_FIRINGS):
@@ -203,11 +205,11 @@ class Driver:
         (server,) = _exactly(args, 1)
         sim = self.cluster.sim
         self.do_arm([])
-        sim.step_with(sim.timers[server])
+        self.do_fire([server])
         self.do_stabilize([])
         if self.cluster.role(server) != "leader":
             raise ScriptError(f"{server} was not elected")
-        self.do_heartbeat([server])  # it takes the commit index to all
+        self.do_fire([server])  # a heartbeat takes the commit index to all
         self.do_stabilize([])
         self._shown = len(sim.tracer.steps)
         return [f"{server} elected (steps not shown)"]

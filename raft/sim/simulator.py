@@ -17,7 +17,14 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from raft.core.messages import ChangeMembership, ClientResponse, Envelope, TransferLeadership
+from raft.core.messages import (
+    ChangeMembership,
+    ClientResponse,
+    Envelope,
+    TimeoutNow,
+    TransferLeadership,
+)
+from raft.core.server import MAX_FORWARD_HOPS
 from raft.core.wire import KIND_OF
 from raft.node.handler import NodeOptions
 from raft.sim.clients import ClientProtocolError, SimClient
@@ -52,11 +59,14 @@ from raft.sim.variants import ServerFactory, resolve_handler, resolve_target
 NO_FAULTS = FaultPlan()
 # The sender of operators' requests (leadership transfers).
 OPERATOR = "operator"
+# Messages that ask for an election.
+ELECTIONS = (TransferLeadership, TimeoutNow)
 MESSAGE_TYPES: tuple[type, ...] = tuple(KIND_OF)
-# A timer event that changed nothing (an instance whose cached state is stale still thinks
-# the deadline is ahead) comes back after this many virtual ms, as a periodic timer trigger
-# would; otherwise virtual time would never reach the stale deadline.
-TIMER_PERIOD = 10
+# The timer trigger ticks every server at least this often (virtual ms), whatever its stored
+# deadlines say, as Azure's timer function does (every second, against election timeouts of
+# 6-12 s; here a third of the minimum election timeout). Without it a server would only tick
+# at a deadline it stored, and a deadline wrongly far ahead would never be found out.
+TIMER_PERIOD = 50
 
 
 class Simulator:
@@ -94,6 +104,8 @@ class Simulator:
         self.skew = dict.fromkeys(self.servers, 0)
         # Servers whose clock jumped and that have not ticked since.
         self._jumped: set[str] = set()
+        # When each server last ticked (its periodic tick is due a period later).
+        self._ticked = dict.fromkeys(self.servers, 0)
         # Scenario tests' network conditions: for each message sent, the extra delay (ms) of
         # each copy delivered; () loses it, two copies duplicate it.
         self.link: Callable[[Envelope], Sequence[int]] | None = None
@@ -195,12 +207,22 @@ class Simulator:
 
     def rest(self) -> None:
         """The settled cluster under a steady load for a while: the stability and cost
-        monitors. Only if the network is fault-free by then: a message a fault delayed,
-        still in flight, arrives late and rightly makes the leader probe again (or wakes a
-        quiescent follower), which neither property can tell from a server that misbehaves."""
-        if not self.clients or any(item.time > self.now for item in self.network.inflight):
-            return
+        monitors. Only if the network is fault-free by then, and no election was asked for:
+        a message a fault delayed, still in flight, arrives late and rightly makes the leader
+        probe again (or wakes a quiescent follower), and a leadership transfer an operator
+        asked for rightly starts a term; neither property can tell those from a server that
+        misbehaves."""
         leader = self.leaders()[0]
+        if (
+            not self.clients
+            or self.views[leader].state["transfer_to"]
+            or any(
+                item.time > self.now or isinstance(item.envelope.message, ELECTIONS)
+                for item in self.network.inflight
+                if item.envelope is not None
+            )
+        ):
+            return
         # Long enough for any follower whose timer the heartbeats fail to reset to time out.
         window = self.setup.election_timeout_max
         stability = Stability(
@@ -211,6 +233,7 @@ class Simulator:
             len(self.servers),
             window,
             self.config.heartbeat_interval,
+            MAX_FORWARD_HOPS,
         )
         load = self.clients[0]
         load.think_time = self.config.heartbeat_interval
@@ -419,6 +442,7 @@ class Simulator:
         if envelope is None:
             handler = self.instances.for_tick(server)
             self._jumped.discard(server)
+            self._ticked[server] = self.now
         else:
             scaled_out = fault == RACE
             if scaled_out:
@@ -444,9 +468,9 @@ class Simulator:
                 self.tracer.note("its save conflicted: another instance had saved")
             if self.store.loads != loads:
                 self.tracer.note("its handler loaded the stored state (cache cold or stale)")
-        if envelope is None and not self._saved and server in self.timers:
-            timer = self.timers[server]
-            timer.time = max(timer.time, self.now + TIMER_PERIOD)
+        if envelope is None and server in self.timers and not self._saved:
+            # Nothing was due after all (or nothing changed): the next periodic tick.
+            self._rearm(server, self.views[server].state)
         if crash:
             self.coverage.faults[Fault.CRASH_AFTER_SAVE] += 1
             self.tracer.note(f"crash of {server} after its save: outbox lost")
@@ -689,6 +713,11 @@ class Simulator:
             deadline -= self.skew[server]
         else:
             deadline = state["election_deadline"] - self.skew[server]
+        periodic = self._ticked[server] + TIMER_PERIOD
+        if deadline > periodic or (deadline <= self.now == self._ticked[server]):
+            # Not due before the next periodic tick; or due, but the tick that just ran had
+            # nothing to do: the next periodic tick.
+            deadline = periodic
         timer = self.timers[server]
         if timer.time != deadline:
             self.seq += 1
