@@ -60,6 +60,36 @@ class Monitor:
         return None
 
 
+class ConfigurationSafety(Monitor):
+    """Thesis §4.1: each configuration in a log differs from the one before it by one server
+    at most, so a majority of the old and a majority of the new always share a server (no
+    two disjoint majorities can each elect a leader or commit), and never names no one."""
+
+    name = "configuration-safety"
+    trigger = "log"
+
+    def __init__(self, servers: tuple[str, ...]) -> None:
+        self.initial = servers
+
+    def on_save(self, event: SaveEvent) -> str | None:
+        start = event.change.log_from
+        if start is None:
+            return None
+        log = event.view.log
+        previous = next((e.servers for e in reversed(log[: start - 1]) if e.servers), self.initial)
+        for index in range(start, len(log) + 1):
+            servers = log[index - 1].servers
+            if not servers:
+                continue
+            if len(set(servers) ^ set(previous)) > 1:
+                return (
+                    f"{event.server}'s entry {index} changes the configuration from "
+                    f"{sorted(previous)} to {sorted(servers)}: majorities of the two may not meet"
+                )
+            previous = servers
+        return None
+
+
 class ElectionSafety(Monitor):
     """§5.2: at most one leader per term."""
 

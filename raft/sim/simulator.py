@@ -35,6 +35,7 @@ from raft.sim.instances import Instances
 from raft.sim.linearizability import Operation
 from raft.sim.monitors import (
     CommitSafety,
+    ConfigurationSafety,
     Durability,
     ElectionSafety,
     LeaderAppendOnly,
@@ -168,6 +169,7 @@ class Simulator:
             CommitSafety(self.digests, self.views),
             LeaderCompleteness(self.digests),
             SnapshotSafety(self.servers),
+            ConfigurationSafety(self.servers),
         ]
         self.durability = Durability(self.servers, self.views)
         self.save_monitors.append(self.durability)
