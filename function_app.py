@@ -79,3 +79,10 @@ def post_leader(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="cluster/servers", methods=["POST", "DELETE"])
 def change_servers(req: func.HttpRequest) -> func.HttpResponse:
     return host().change_servers(req)
+
+
+# Anonymous, for availability tests: says only whether a leader is known.
+@app.function_name("health")
+@app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def health(req: func.HttpRequest) -> func.HttpResponse:
+    return host().health(req)

@@ -1,3 +1,6 @@
+#Requires -Version 7.0
+# PowerShell 7 (pwsh) only: Windows PowerShell 5.1's Compress-Archive writes backslash paths
+# into the zip, which the Linux remote build cannot unpack.
 <#
 .SYNOPSIS
     Deploys Raft on Azure Functions: resource group, infra/main.bicep, then the app code.
@@ -7,6 +10,10 @@
     with one subscription per server, a storage account, Application Insights and a Function App
     on the Flex Consumption plan, all identity-based), publishes the Python app, and prints the
     HTTP endpoint and the values a developer needs to run against the real namespace.
+
+    Role assignments take a few minutes to reach every service, so publishing, which the new
+    identity's roles make possible, is retried with a bounded back-off (6 attempts, about three
+    minutes in all) before the script gives up.
 
     With -WhatIf nothing is changed: the script runs `az deployment group what-if` and stops.
 
@@ -33,8 +40,12 @@ param(
     [ValidateSet(3, 5, 7)]
     [int] $ClusterSize = 5,
 
-    # Also grant the signed-in user the data roles for local runs against the real namespace.
+    # Also grant the signed-in user (or service principal) the data roles for local runs
+    # against the real namespace.
     [switch] $GrantDeveloperAccess,
+
+    # E-mail address the alerts (dead-lettered messages, failed invocations) notify.
+    [string] $AlertEmail = '',
 
     # Show what the deployment would change (az deployment group what-if) and change nothing.
     [switch] $WhatIf
@@ -73,9 +84,44 @@ function Assert-AzureCli {
     Write-Host "Using subscription '$($account.name)' ($($account.id))."
 }
 
-function Get-SignedInUserId {
+function Get-SignedInPrincipal {
+    # The object id and principal type of whoever az is signed in as: a user, or a service
+    # principal (CI), whose role assignments must say so or ARM refuses them.
+    $type = (Invoke-Az @('account', 'show', '--query', 'user.type', '--output', 'tsv') | Out-String).Trim()
+    if ($type -eq 'servicePrincipal') {
+        $appId = (Invoke-Az @('account', 'show', '--query', 'user.name', '--output', 'tsv') | Out-String).Trim()
+        $id = Invoke-Az @('ad', 'sp', 'show', '--id', $appId, '--query', 'id', '--output', 'tsv')
+        return [pscustomobject]@{ Id = ($id | Out-String).Trim(); Type = 'ServicePrincipal' }
+    }
     $id = Invoke-Az @('ad', 'signed-in-user', 'show', '--query', 'id', '--output', 'tsv')
-    return ($id | Out-String).Trim()
+    return [pscustomobject]@{ Id = ($id | Out-String).Trim(); Type = 'User' }
+}
+
+function Invoke-WithRetry {
+    # Runs $Action until it succeeds, at most $Attempts times, waiting twice as long after each
+    # failure (from $FirstDelaySeconds, at most $MaxDelaySeconds); rethrows the last failure.
+    param(
+        [Parameter(Mandatory)] [string] $What,
+        [Parameter(Mandatory)] [scriptblock] $Action,
+        [ValidateRange(1, 10)] [int] $Attempts = 6,
+        [ValidateRange(1, 300)] [int] $FirstDelaySeconds = 10,
+        [ValidateRange(1, 300)] [int] $MaxDelaySeconds = 60
+    )
+    $delay = $FirstDelaySeconds
+    for ($attempt = 1; ; $attempt++) {
+        try {
+            return & $Action
+        }
+        catch {
+            if ($attempt -ge $Attempts) {
+                throw "$What failed $Attempts times; the last error: $_"
+            }
+            Write-Host "$What failed (attempt $attempt of $Attempts): $_"
+            Write-Host "Role assignments can take minutes to propagate; retrying in $delay s..."
+            Start-Sleep -Seconds $delay
+            $delay = [Math]::Min(2 * $delay, $MaxDelaySeconds)
+        }
+    }
 }
 
 function New-ResourceGroupIfMissing {
@@ -90,14 +136,18 @@ function New-ResourceGroupIfMissing {
 }
 
 function Get-DeploymentParameters {
-    param([string] $DeveloperId)
+    param($Developer)
     $parameters = @(
         "namePrefix=$NamePrefix",
         "location=$Location",
         "clusterSize=$ClusterSize"
     )
-    if ($DeveloperId) {
-        $parameters += "developerPrincipalId=$DeveloperId"
+    if ($Developer) {
+        $parameters += "developerPrincipalId=$($Developer.Id)"
+        $parameters += "developerPrincipalType=$($Developer.Type)"
+    }
+    if ($AlertEmail) {
+        $parameters += "alertEmail=$AlertEmail"
     }
     return $parameters
 }
@@ -183,7 +233,7 @@ function Write-Summary {
     Write-Host "  RAFT_SERVER_COUNT                             = $ClusterSize"
     Write-Host ''
     if ($GrantDeveloperAccess) {
-        Write-Host 'Your user was granted the data roles by the deployment (developerRoles).'
+        Write-Host "You ($($developer.Type)) were granted the data roles by the deployment (developerRoles)."
         return
     }
     Write-Host 'Your own user needs data roles too (or rerun with -GrantDeveloperAccess):'
@@ -198,8 +248,8 @@ function Write-Summary {
 }
 
 Assert-AzureCli
-$developerId = if ($GrantDeveloperAccess) { Get-SignedInUserId } else { '' }
-$parameters = Get-DeploymentParameters -DeveloperId $developerId
+$developer = if ($GrantDeveloperAccess) { Get-SignedInPrincipal } else { $null }
+$parameters = Get-DeploymentParameters -Developer $developer
 
 if ($WhatIf) {
     $exists = (Invoke-Az @('group', 'exists', '--name', $ResourceGroup) | Out-String).Trim()
@@ -214,5 +264,6 @@ if ($WhatIf) {
 
 New-ResourceGroupIfMissing -Name $ResourceGroup -Region $Location
 $deployment = Invoke-Deployment -Parameters $parameters
-Publish-App -AppName $deployment.FunctionAppName
+# The app's identity got its roles moments ago (the deployment package is read with them).
+Invoke-WithRetry -What 'Publishing the app' -Action { Publish-App -AppName $deployment.FunctionAppName }
 Write-Summary -Deployment $deployment

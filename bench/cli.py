@@ -11,11 +11,12 @@ import json
 import shlex
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from bench import pysyncobj_baseline
 from bench.cost_model import AzureModel
+from bench.forecast import ForecastParameters, run_forecast
 from bench.history import azurite_reachable, azurite_tables, measure_history
 from bench.inprocess import RUNNER_CONFIG, InProcessCluster
 from bench.overload import run_overload
@@ -81,6 +82,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         help="the same on Azurite at 127.0.0.1:10002, if it is running "
         "(default 1000 10000; 100000 takes about ten minutes)",
     )
+    parser.add_argument("--no-forecast", action="store_true", help="skip the Azure forecast")
+    add_forecast_arguments(parser)
     defaults = AzureModel()
     for name in AzureModel.parameters():
         parser.add_argument(
@@ -90,6 +93,45 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
             default=getattr(defaults, name),
             help=f"cost model parameter (default {getattr(defaults, name):g})",
         )
+
+
+# The quick run's forecast: short windows, every load still run.
+QUICK_FORECAST = {"warmup_s": 1.0, "window_s": 3.0, "idle_s": 10.0}
+
+
+def add_forecast_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = ForecastParameters()
+    for f in fields(ForecastParameters):
+        default = getattr(defaults, f.name)
+        flag = f"--forecast-{f.name.replace('_', '-')}"
+        dest = f"forecast_{f.name}"
+        if f.name == "clients":
+            parser.add_argument(flag, dest=dest, type=int, nargs="+", help="default 1 10 100")
+        elif isinstance(default, tuple):
+            parser.add_argument(
+                flag,
+                dest=dest,
+                type=float,
+                nargs=2,
+                metavar=("P50", "P99"),
+                help=f"log-normal latency, ms (default {default[0]:g} {default[1]:g})",
+            )
+        else:
+            quick = f" (quick: {QUICK_FORECAST[f.name]:g})" if f.name in QUICK_FORECAST else ""
+            help_text = f"default {default:g}{quick}"
+            parser.add_argument(flag, dest=dest, type=type(default), help=help_text)
+
+
+def _forecast_parameters(args: argparse.Namespace) -> ForecastParameters:
+    params = ForecastParameters()
+    if args.quick:
+        params = replace(params, **QUICK_FORECAST)
+    given = {
+        f.name: getattr(args, f"forecast_{f.name}")
+        for f in fields(ForecastParameters)
+        if getattr(args, f"forecast_{f.name}", None) is not None
+    }
+    return replace(params, **{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})
 
 
 def _model(args: argparse.Namespace) -> AzureModel:
@@ -144,6 +186,10 @@ def run_bench(args: argparse.Namespace) -> int:
         _progress(args, "simulator speed")
         report.sim = measure_sim(iterations=args.sim_iterations or sizes.sim_iterations)
     run_history(args, report)
+    if not args.no_forecast:
+        params = _forecast_parameters(args)
+        _progress(args, f"Azure forecast ({params.servers} servers, clients {params.clients})")
+        report.forecast = run_forecast(params)
     doc = report.to_json()
     if args.json_out:
         with open(args.json_out, "w") as f:

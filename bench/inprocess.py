@@ -3,8 +3,9 @@
 The driver keeps the production pieces unchanged: `LocalCluster.pump()` hands every server's
 drained batch to its `NodeHandler` (one `handle()` per server per pump) over the in-memory
 bus and store, and fires timers at the real clock. Between pumps the driver publishes client
-requests to the leader (each client has its own id and sequence numbers, and `reply_to` is the
-client id) and drains the clients' queues for responses. Latency is `time.perf_counter()` from
+requests to the leader (each client has its own id and sequence numbers; every request's
+`reply_to` is the driver's one address, as a client library multiplexing many callers over one
+connection would) and drains that address for responses. Latency is `time.perf_counter()` from
 the first publish of a request to the pump that delivered its response.
 
 Message and write counts come from the adapters (`InMemoryBus.published`,
@@ -34,6 +35,8 @@ TICK_MS = 10
 # A request unanswered this long is resent with the same sequence number (a leader change can
 # drop uncommitted entries); the servers' sessions make the resend safe.
 RESEND_AFTER_S = 5.0
+# Where every client's answers go.
+DRIVER_ADDRESS = "bench-driver"
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,31 +309,30 @@ class InProcessCluster:
 
     def _submit(self, client: _Client, data: str, now: float) -> _Outstanding:
         client.seq += 1
-        request = ClientRequest(client.client_id, client.seq, data, reply_to=client.client_id)
+        request = ClientRequest(client.client_id, client.seq, data, reply_to=DRIVER_ADDRESS)
         item = _Outstanding(client, request, now, now)
         self._outstanding[(client.client_id, client.seq)] = item
         return item
 
     def _collect(self) -> list[tuple[_Outstanding, ClientResponse, float]]:
-        """Drain every client with a request outstanding; return (request, answer, time)."""
+        """Drain the driver's address; return (request, answer, time) for each answer."""
         answers = []
         now = time.perf_counter()
-        for client_id in {key[0] for key in self._outstanding}:
-            for envelope in self.bus.drain(client_id):
-                self.client_responses += 1
-                m = envelope.message
-                if not isinstance(m, ClientResponse):
-                    continue
-                item = self._outstanding.get((m.client_id, m.seq))
-                if item is None:
-                    continue  # A duplicate answer to a resent request.
-                if m.status is ClientStatus.NOT_LEADER:
-                    self.leader = m.leader_hint or self.leader
-                    item.last_sent = now
-                    self._send([item])
-                    continue
-                del self._outstanding[(m.client_id, m.seq)]
-                answers.append((item, m, now))
+        for envelope in self.bus.drain(DRIVER_ADDRESS):
+            self.client_responses += 1
+            m = envelope.message
+            if not isinstance(m, ClientResponse):
+                continue
+            item = self._outstanding.get((m.client_id, m.seq))
+            if item is None:
+                continue  # A duplicate answer to a resent request.
+            if m.status is ClientStatus.NOT_LEADER:
+                self.leader = m.leader_hint or self.leader
+                item.last_sent = now
+                self._send([item])
+                continue
+            del self._outstanding[(m.client_id, m.seq)]
+            answers.append((item, m, now))
         return answers
 
     def _resend_stale(self, now: float) -> None:

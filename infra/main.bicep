@@ -3,8 +3,9 @@
 //   Service Bus (Standard) topic, one filtered subscription per server  -> modules/servicebus.bicep
 //   Storage account: host storage, deployment package, the Raft table   -> modules/storage.bicep
 //   Log Analytics + workspace-based Application Insights               -> modules/monitoring.bicep
-//   Flex Consumption plan and Function App (Python 3.11)               -> modules/functionapp.bicep
+//   Flex Consumption plan and Function App (Python 3.13)               -> modules/functionapp.bicep
 //   Data-plane role assignments for the app (and optionally a developer) -> modules/roles.bicep
+//   Alerts: dead-lettered messages, failed invocations                  -> modules/alerts.bicep
 //
 // Setting names and defaults mirror raft/hosts/settings.py; tests/test_infra.py checks that.
 
@@ -47,6 +48,11 @@ param messageTtlSeconds int = 120
 @maxValue(1000)
 param maximumInstanceCount int = 40
 
+@description('Concurrent HTTP calls one instance serves; each POST may wait RAFT_HTTP_WAIT_S for its commit, mostly asleep (docs/deploy.md, "HTTP concurrency").')
+@minValue(1)
+@maxValue(1000)
+param httpPerInstanceConcurrency int = 16
+
 @description('Memory of each Function App instance, in MB; 512 cuts the GB-s bill by 4x (docs/deploy.md, "What it costs per month").')
 @allowed([
   512
@@ -61,13 +67,16 @@ param enableFunctionAppDiagnostics bool = true
 @description('Object id of a developer (or CI principal) to grant the data roles for local runs; empty for none.')
 param developerPrincipalId string = ''
 
-@description('Principal type of developerPrincipalId.')
+@description('Principal type of developerPrincipalId: azd passes AZURE_PRINCIPAL_TYPE (ServicePrincipal when it signs in as one).')
 @allowed([
   'User'
   'ServicePrincipal'
   'Group'
 ])
 param developerPrincipalType string = 'User'
+
+@description('E-mail address the alerts notify; empty to only show them in the portal.')
+param alertEmail string = ''
 
 @description('azd environment name, recorded as a tag; empty outside azd.')
 param environmentName string = ''
@@ -137,6 +146,10 @@ var appSettings = {
   ServiceBusConnection__fullyQualifiedNamespace: serviceBus.outputs.fullyQualifiedNamespace
   APPLICATIONINSIGHTS_CONNECTION_STRING: monitoring.outputs.appInsightsConnectionString
   APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'Authorization=AAD'
+  // The Python worker configures azure-monitor-opentelemetry (requirements.txt) itself.
+  PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: 'true'
+  // A thread per concurrent HTTP call (the worker's default is a handful).
+  PYTHON_THREADPOOL_THREAD_COUNT: string(httpPerInstanceConcurrency)
   RAFT_SERVER_COUNT: string(clusterSize)
   RAFT_MAX_SERVERS: string(subscriptionCount)
   RAFT_TOPIC: topicName
@@ -160,6 +173,7 @@ module functionApp 'modules/functionapp.bicep' = {
     appSettings: appSettings
     maximumInstanceCount: maximumInstanceCount
     instanceMemoryMB: instanceMemoryMB
+    httpPerInstanceConcurrency: httpPerInstanceConcurrency
     workspaceId: monitoring.outputs.workspaceId
     enableDiagnosticSettings: enableFunctionAppDiagnostics
     tags: tags
@@ -192,6 +206,17 @@ module developerRoles 'modules/roles.bicep' = if (!empty(developerPrincipalId)) 
     subscriptionNames: serverIds
     storageAccountName: storage.outputs.accountName
     appInsightsName: monitoring.outputs.appInsightsName
+  }
+}
+
+module alerts 'modules/alerts.bicep' = {
+  name: 'alerts'
+  params: {
+    location: location
+    serviceBusNamespaceName: serviceBus.outputs.namespaceName
+    appInsightsName: monitoring.outputs.appInsightsName
+    alertEmail: alertEmail
+    tags: tags
   }
 }
 

@@ -78,6 +78,15 @@ def make_leader(target: RaftServer, now: int = 1000) -> None:
     sent(target)
 
 
+def committed_leader(now: int = 1000) -> RaftServer:
+    """s1 leads s1..s3 in term 1, and s2 has acknowledged its no-op, so it is committed."""
+    leader = server("s1")
+    make_leader(leader, now)
+    deliver(leader, "s2", ack(1, "s2", 1), now)
+    assert leader.state.commit_index == 1
+    return leader
+
+
 def vote_request(
     term: int, candidate: str, last_index: int, last_term: int, pre_vote: bool = False
 ) -> RequestVote:

@@ -163,3 +163,13 @@ def test_history_section_shows_rows_kept_and_cold_loads_flat_as_history_grows(
         assert large[key] <= 1.5 * small[key], key
     # A warm instance reads only what it lacks: the entries added since, not the whole log.
     assert large["warm_reload_rows_read"] <= large["entries_added_meanwhile"] + 1
+
+
+def test_json_has_the_azure_forecast_with_its_parameters(quick: dict[str, Any]) -> None:
+    forecast = quick["azure_forecast"]
+    assert forecast["parameters"]["window_s"] == cli.QUICK_FORECAST["window_s"]
+    cells = {(c["mode"], c["clients"]) for c in forecast["cells"]}
+    assert cells == {(m, n) for m in ("publish", "step") for n in (1, 10, 100)}
+    month = forecast["idle"]["usd_per_month"]
+    assert month["per_execution"]["total_usd"] > 0 and month["per_instance_second"]["total_usd"] > 0
+    assert isinstance(forecast["decision"]["meets_rule"], bool)

@@ -13,7 +13,7 @@ from raft.core.messages import (
     Message,
 )
 from raft.core.server import MAX_PENDING_READS, RaftServer
-from tests.helpers import ack, deliver, make_leader, server
+from tests.helpers import committed_leader, deliver, make_leader, server
 
 READ = ClientRequest("c", 1, '{"op":"get","key":"k"}', "c", read_only=True)
 
@@ -23,16 +23,8 @@ def step(target: RaftServer, sender: str, message: Message, now: int) -> None:
     target.step(Envelope(sender, target.state.server_id, message), now)
 
 
-def leader_with_committed_noop() -> RaftServer:
-    leader = server("s1")
-    make_leader(leader, 1000)
-    deliver(leader, "s2", ack(1, "s2", 1), 1000)
-    assert leader.state.commit_index == 1
-    return leader
-
-
 def test_a_read_appends_nothing_and_asks_every_follower_to_confirm() -> None:
-    leader = leader_with_committed_noop()
+    leader = committed_leader()
     out = deliver(leader, "client", READ, 1010)
     assert leader.state.last_index == 1
     rounds = {m.read_round for m in out if isinstance(m, AppendEntries)}
@@ -40,7 +32,7 @@ def test_a_read_appends_nothing_and_asks_every_follower_to_confirm() -> None:
 
 
 def test_a_read_is_handed_over_once_a_majority_acknowledged_its_round() -> None:
-    leader = leader_with_committed_noop()
+    leader = committed_leader()
     deliver(leader, "client", READ, 1010)
     assert leader.ready().reads == ()
     confirmation = AppendEntriesResponse(1, "s2", True, 1, read_round=leader.state.read_round)
@@ -50,7 +42,7 @@ def test_a_read_is_handed_over_once_a_majority_acknowledged_its_round() -> None:
 
 
 def test_the_confirmed_read_carries_the_commit_index_at_registration() -> None:
-    leader = leader_with_committed_noop()
+    leader = committed_leader()
     deliver(leader, "client", READ, 1010)
     step(leader, "s3", AppendEntriesResponse(1, "s3", True, 1, read_round=1), 1020)
     (read,) = leader.ready().reads
@@ -58,7 +50,7 @@ def test_the_confirmed_read_carries_the_commit_index_at_registration() -> None:
 
 
 def test_an_acknowledgement_of_an_older_round_confirms_nothing() -> None:
-    leader = leader_with_committed_noop()
+    leader = committed_leader()
     deliver(leader, "client", READ, 1010)
     deliver(leader, "s2", AppendEntriesResponse(1, "s2", True, 1, read_round=0), 1020)
     assert len(leader.state.reads) == 1
@@ -77,7 +69,7 @@ def test_a_new_leader_reads_nothing_before_committing_an_entry_of_its_term() -> 
 
 
 def test_a_leader_that_steps_down_tells_waiting_readers_it_no_longer_leads() -> None:
-    leader = leader_with_committed_noop()
+    leader = committed_leader()
     deliver(leader, "client", READ, 1010)
     out = deliver(leader, "s2", AppendEntries(5, "s2", 0, 0, (), 0), 1020)
     refused = [m for m in out if isinstance(m, ClientResponse)]
@@ -93,7 +85,7 @@ def test_a_follower_echoes_the_read_round_even_when_it_rejects() -> None:
 
 
 def test_too_many_pending_reads_are_refused_as_overloaded() -> None:
-    leader = leader_with_committed_noop()
+    leader = committed_leader()
     for seq in range(MAX_PENDING_READS):
         deliver(leader, "client", ClientRequest("c", seq, READ.data, "c", read_only=True), 1010)
     (refused,) = deliver(leader, "client", ClientRequest("c", 999, READ.data, "c", read_only=True))

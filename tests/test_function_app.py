@@ -57,7 +57,9 @@ def test_timer_reads_its_schedule_from_app_settings(monkeypatch: pytest.MonkeyPa
     assert timer["schedule"] == f"%{names.TIMER_SCHEDULE}%"
 
 
-def test_http_routes_are_function_key_protected(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_http_routes_are_function_key_protected_but_health(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     found = bindings(load_app(monkeypatch))
     routes = {b[0]["route"]: b[0] for b in found.values() if b[0]["type"] == "httpTrigger"}
     assert sorted(routes) == [
@@ -66,9 +68,12 @@ def test_http_routes_are_function_key_protected(monkeypatch: pytest.MonkeyPatch)
         "cluster/servers",
         "commands",
         "commands/{request_id}",
+        "health",
         "kv/{key}",
     ]
-    assert {r["authLevel"] for r in routes.values()} == {"FUNCTION"}
+    assert {r["authLevel"] for name, r in routes.items() if name != "health"} == {"FUNCTION"}
+    assert routes["health"]["authLevel"] == "ANONYMOUS"
+    assert routes["health"]["methods"] == ["GET"]
 
 
 def settings_read_by_the_code() -> set[str]:

@@ -29,6 +29,11 @@ MAIN = INFRA / "main.bicep"
 SERVICE_BUS = INFRA / "modules" / "servicebus.bicep"
 ROLES = INFRA / "modules" / "roles.bicep"
 STORAGE = INFRA / "modules" / "storage.bicep"
+FUNCTION_APP = INFRA / "modules" / "functionapp.bicep"
+ALERTS = INFRA / "modules" / "alerts.bicep"
+# Built-in role definition ids (the same in every tenant).
+SERVICE_BUS_DATA_OWNER = "090c5cfd-751d-490a-894a-3ce6f1109419"
+SERVICE_BUS_DATA_RECEIVER = "4f6d3b9b-027b-4f4c-9142-0e5a2a2247e0"
 
 # The identity-based connection settings the bindings and the host need (settings.py names the
 # connection prefixes; the suffixes are the Functions conventions).
@@ -291,3 +296,115 @@ def test_sender_role_is_scoped_to_the_topic(parse: Any) -> None:
 def test_outputs_name_what_a_deployer_needs(main: Bicep) -> None:
     expected = {"functionAppName", "httpEndpoint", "serviceBusNamespace", "storageAccountName"}
     assert expected <= set(main["outputs"])
+
+
+def test_the_app_runs_the_python_version_whose_worker_the_tests_run(parse: Any) -> None:
+    # tests/test_worker_runtime.py indexes the app with the Python 3.13 worker library.
+    text = (ROOT / "infra" / "modules" / "functionapp.bicep").read_text()
+    assert "version: '3.13'" in text
+
+
+def _accessor(value: Any) -> tuple[Any, ...]:
+    """`a.b.c` as ("a", "b", "c") from pycep's nested property accessors."""
+    operands = value["operator"]["operands"]
+    rest = operands["operand_2"]
+    tail = _accessor(rest) if isinstance(rest, dict) else (rest,)
+    return (operands["operand_1"], *tail)
+
+
+# --- roles: the least that works ------------------------------------------------------------
+
+
+def test_the_app_gets_data_owner_on_each_subscription_for_its_scale_metrics(parse: Any) -> None:
+    """The trigger's scale metrics read a subscription's runtime properties, which takes the
+    Manage right: Data Owner, scoped to the one subscription. A developer receives only."""
+    roles = parse(ROLES)
+    assert roles["variables"]["roleIds"]["value"]["serviceBusDataOwner"] == SERVICE_BUS_DATA_OWNER
+    assert (
+        roles["variables"]["roleIds"]["value"]["serviceBusDataReceiver"]
+        == SERVICE_BUS_DATA_RECEIVER
+    )
+    choice = roles["variables"]["subscriptionRole"]["value"]["operator"]
+    assert choice["type"] == "conditional"
+    assert choice["operands"]["condition"] == "includeHostRoles"
+    assert _accessor(choice["operands"]["true_value"]) == ("roleIds", "serviceBusDataOwner")
+    assert _accessor(choice["operands"]["false_value"]) == ("roleIds", "serviceBusDataReceiver")
+    assignment = _body(roles["resources"]["receiverOnSubscription"])["properties"]
+    assert assignment["roleDefinitionId"]["function"]["parameters"]["resource_name_1"] == (
+        "subscriptionRole"
+    )
+
+
+def test_only_the_app_gets_the_host_roles(main: Bicep) -> None:
+    assert main["modules"]["appRoles"]["config"]["params"]["includeHostRoles"] is True
+    assert _body(main["modules"]["developerRoles"])["params"]["includeHostRoles"] is False
+
+
+def test_the_developer_principal_type_is_a_parameter_passed_to_the_role_assignments(
+    main: Bicep,
+) -> None:
+    parameter = main["parameters"]["developerPrincipalType"]
+    assert _allowed(parameter) == ["User", "ServicePrincipal", "Group"]
+    params = _body(main["modules"]["developerRoles"])["params"]
+    assert params["principalType"] == "developerPrincipalType"
+
+
+# --- HTTP concurrency ------------------------------------------------------------------------
+
+
+def test_one_instance_serves_the_documented_number_of_concurrent_http_calls(
+    parse: Any, main: Bicep
+) -> None:
+    parameter = main["parameters"]["httpPerInstanceConcurrency"]
+    assert parameter["default"] == settings.HTTP_CONCURRENCY
+    passed = main["modules"]["functionApp"]["config"]["params"]["httpPerInstanceConcurrency"]
+    assert passed == "httpPerInstanceConcurrency"
+    app = _body(parse(FUNCTION_APP)["resources"]["app"])
+    scale = app["properties"]["functionAppConfig"]["scaleAndConcurrency"]
+    assert scale["triggers"]["http"]["perInstanceConcurrency"] == "httpPerInstanceConcurrency"
+
+
+def test_the_worker_has_a_thread_for_each_concurrent_http_call(main: Bicep) -> None:
+    threads = _app_settings(main)["PYTHON_THREADPOOL_THREAD_COUNT"]
+    assert _resolve(threads, main) == str(settings.HTTP_CONCURRENCY)
+    assert threads["function"]["parameters"]["value_to_convert"] == "httpPerInstanceConcurrency"
+
+
+# --- batches and locks -----------------------------------------------------------------------
+
+
+def test_the_subscription_lock_is_the_one_host_json_is_bounded_by(parse: Any) -> None:
+    properties = _body(parse(SERVICE_BUS)["resources"]["subscriptions"])["properties"]
+    assert properties["lockDuration"] == f"PT{settings.MESSAGE_LOCK_S // 60}M"
+
+
+# --- telemetry and alerts --------------------------------------------------------------------
+
+
+def test_the_python_worker_exports_opentelemetry_with_the_apps_identity(main: Bicep) -> None:
+    app_settings = _app_settings(main)
+    assert app_settings["PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY"] == "true"
+    assert app_settings["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"] == "Authorization=AAD"
+
+
+def test_dead_lettered_messages_raise_an_alert_on_the_namespace(parse: Any, main: Bicep) -> None:
+    assert main["modules"]["alerts"]["detail"]["path"] == "modules/alerts.bicep"
+    alert = _body(parse(ALERTS)["resources"]["deadLettered"])["properties"]
+    (criterion,) = alert["criteria"]["allOf"]
+    assert (criterion["metricNamespace"], criterion["metricName"]) == (
+        "Microsoft.ServiceBus/namespaces",
+        "DeadletteredMessages",
+    )
+    assert criterion["operator"] == "GreaterThan"
+    (scope,) = alert["scopes"]
+    assert _accessor(scope) == ("namespace", "id")
+
+
+def test_failed_invocations_raise_an_alert_but_client_errors_do_not(parse: Any) -> None:
+    alert = _body(parse(ALERTS)["resources"]["failedInvocations"])["properties"]
+    (criterion,) = alert["criteria"]["allOf"]
+    assert criterion["query"].startswith("requests | where success == false")
+    assert "!between (400 .. 499)" in criterion["query"]
+    assert (criterion["operator"], criterion["threshold"]) == ("GreaterThan", 0)
+    (scope,) = alert["scopes"]
+    assert _accessor(scope) == ("appInsights", "id")

@@ -347,3 +347,14 @@ def test_a_quiescent_cluster_saves_and_sends_nothing_between_checks_and_still_co
     (response,) = c.submit(ClientRequest("c", 1, put("k", 1), "c", issued_at=c.now))
     assert response.status is ClientStatus.OK
     assert not any(h.state().quiescent for h in c.handlers.values())
+
+
+def test_a_steady_load_on_a_perfect_network_never_changes_the_term() -> None:
+    c = ManualCluster(3)
+    c.elect()
+    term = c.handlers[c.leader()].state().current_term
+    for seq in range(1, 61):  # a command every 30 ms, for almost two seconds
+        (response,) = c.submit(ClientRequest("c", seq, put("k", seq), "c", issued_at=c.now))
+        assert response.status is ClientStatus.OK
+        c.advance(30)
+    assert {h.state().current_term for h in c.handlers.values()} == {term}

@@ -39,3 +39,16 @@ def test_json_run_prints_one_object_with_the_documented_fields() -> None:
 def test_single_server_cluster_commits_on_its_own() -> None:
     done = run("--servers", "1", "--requests", "3")
     assert done.returncode == 0 and done.stdout.splitlines()[-1] == "3/3 requests committed"
+
+
+def test_three_servers_grow_to_five_and_back_while_a_client_writes() -> None:
+    done = run("--servers", "3", "--grow-to", "5", "--requests", "40")
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    changes = [line.split(":")[0] for line in lines if line.startswith(("added", "removed"))]
+    assert changes == ["added server-4", "added server-5", "removed server-5", "removed server-4"]
+    assert (
+        "configuration back to ['server-1', 'server-2', 'server-3']; 40 requests in the log, "
+        "each once" in lines
+    )
+    assert lines[-1] == "40/40 requests committed"

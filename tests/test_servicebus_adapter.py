@@ -27,7 +27,7 @@ from azure.servicebus.exceptions import MessagingEntityNotFoundError, OperationT
 from raft.adapters import servicebus_bus as sb
 from raft.adapters.connections import Connection, MissingConnectionError, resolve
 from raft.adapters.poison import (
-    MAX_STORED_CHARS,
+    MAX_STORED_UTF16_BYTES,
     LoggingPoisonRecorder,
     Poison,
     TablePoisonRecorder,
@@ -496,7 +496,7 @@ def test_table_recorder_writes_a_poison_entity() -> None:
 def test_table_recorder_bounds_the_stored_body() -> None:
     table = FakeTable()
     TablePoisonRecorder(table).record(Poison(reason="big", body=b"a" * 100_000, message_id="m"))
-    assert len(table.entities[0]["Body"]) == MAX_STORED_CHARS
+    assert len(table.entities[0]["Body"].encode("utf-16-le")) == MAX_STORED_UTF16_BYTES
     assert table.entities[0]["BodyBytes"] == 100_000
 
 

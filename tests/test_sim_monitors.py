@@ -10,6 +10,7 @@ from raft.core.state import Snapshot
 from raft.ports.store import Change
 from raft.sim.monitors import (
     CommitSafety,
+    ConfigurationSafety,
     Liveness,
     LogDigests,
     SnapshotSafety,
@@ -132,3 +133,19 @@ def test_more_messages_than_heartbeats_and_commands_need_is_a_cost_violation() -
     assert monitor.at_end(100 + 47, rounds=2) is None
     problem = monitor.at_end(100 + 48, rounds=2)
     assert problem is not None and "more than the 47" in problem
+
+
+def _config_log(*configs: tuple[str, ...]) -> SaveEvent:
+    view = PersistedView()
+    view.log = [Entry(1, servers=c) for c in configs]
+    return SaveEvent("s1", None, Change(state={}, log_from=1), 0, view)
+
+
+def test_a_configuration_one_server_away_from_the_last_is_accepted() -> None:
+    event = _config_log(SERVERS[:4], SERVERS[:3], SERVERS[:4])
+    assert ConfigurationSafety(SERVERS[:3]).on_save(event) is None
+
+
+def test_a_configuration_two_servers_away_from_the_last_is_reported() -> None:
+    problem = ConfigurationSafety(SERVERS[:3]).on_save(_config_log(SERVERS))
+    assert problem is not None and "majorities of the two may not meet" in problem

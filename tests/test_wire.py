@@ -19,9 +19,10 @@ from raft.core.messages import (
     RequestVote,
     RequestVoteResponse,
 )
-from raft.core.wire import MAX_WIRE_BYTES, WIRE_VERSION, WireError, decode, encode
+from raft.core.wire import MAX_NAT, MAX_WIRE_BYTES, WIRE_VERSION, WireError, decode, encode
+from tests.fuzzing import sent_by_its_sender
 
-nat = st.integers(min_value=0, max_value=2**53)
+nat = st.integers(min_value=0, max_value=MAX_NAT)
 ident = st.text(max_size=20)
 entry = st.builds(Entry, nat, ident, nat, st.text(max_size=50), ident)
 message = st.one_of(
@@ -45,8 +46,15 @@ message = st.one_of(
 
 @given(message, ident, ident)
 def test_every_message_round_trips(m: object, sender: str, to: str) -> None:
-    envelope = Envelope(sender, to, m)  # type: ignore[arg-type]
+    # A server's own messages name it in their body as well as in the envelope.
+    envelope = sent_by_its_sender(Envelope(sender, to, m))  # type: ignore[arg-type]
     assert decode(encode(envelope)) == envelope
+
+
+def test_a_raft_message_whose_body_names_another_sender_is_rejected() -> None:
+    forged = Envelope("server-9", "s2", RequestVote(3, "s1", 4, 2, False))
+    with pytest.raises(WireError, match="candidate_id 's1' is not the sender"):
+        decode(encode(forged))
 
 
 def valid() -> dict[str, object]:

@@ -30,6 +30,7 @@ HTTP_FUNCTIONS = [
     "get_cluster",
     "post_leader",
     "change_servers",
+    "health",
 ]
 ALL_FUNCTIONS = [*SERVER_FUNCTIONS, "timer", *HTTP_FUNCTIONS]
 
@@ -126,6 +127,22 @@ def test_http_invocations_commit_and_read_through_the_cluster(
     assert (read["status"], read["body"]["value"]) == (200, "blå \U0001f600")
     outcome = by_function["get_command"]
     assert outcome["status"] == 200 and outcome["body"]["index"] == posted["body"]["index"]
+
+
+def test_the_health_route_answers_ok_once_a_leader_is_known(invocations: dict[str, Any]) -> None:
+    by_function = {h["function"]: h for h in invocations["http"]}
+    assert (by_function["health"]["status"], by_function["health"]["body"]) == (
+        200,
+        {"status": "ok"},
+    )
+
+
+def test_bad_input_through_the_worker_is_a_400_that_says_why(invocations: dict[str, Any]) -> None:
+    statuses = [(b["status"], b["body"]["error"]) for b in invocations["bad_input"]]
+    assert [status for status, _ in statuses] == [400, 400, 400]
+    assert "unknown op" in statuses[0][1]
+    assert "lone surrogate" in statuses[1][1]
+    assert "levels deep" in statuses[2][1]
 
 
 def test_service_bus_batches_arrive_as_service_bus_messages_intact(

@@ -675,6 +675,16 @@ async def run_cluster(protos: SimpleNamespace, function_ids: dict[str, str]) -> 
         await cluster.http(
             "get_command", "GET", "/api/commands/h-1", route_params={"request_id": "h-1"}
         ),
+        await cluster.http("health", "GET", "/api/health"),
+    ]
+    # Bad input through the worker's own HTTP converters: a 400 that says why, never a 500.
+    bad_input = [
+        await cluster.http("post_command", "POST", "/api/commands", body)
+        for body in (
+            b'{"op": {}, "key": "k"}',
+            b'{"op": "get", "key": "\\ud800"}',
+            b"[" * 5000 + b"]" * 5000,
+        )
     ]
     await redeliver(cluster, cluster.batches[-1])
     service_bus = summarize(cluster.batches, len(cluster.poison.kept))
@@ -683,6 +693,7 @@ async def run_cluster(protos: SimpleNamespace, function_ids: dict[str, str]) -> 
         "invocations": driver.invocations,
         "failures": driver.failures,
         "http": http,
+        "bad_input": bad_input,
         "service_bus": service_bus,
         "without_data_type": await without_data_type(cluster),
     }

@@ -1,4 +1,4 @@
-// The Function App on the Flex Consumption plan (FC1, Linux, Python 3.11) with a
+// The Function App on the Flex Consumption plan (FC1, Linux, Python 3.13) with a
 // system-assigned managed identity. Deployment storage is read with that identity, and
 // every app setting is passed in by main.bicep (identity-based connections only).
 
@@ -29,6 +29,11 @@ param maximumInstanceCount int = 40
   4096
 ])
 param instanceMemoryMB int = 2048
+
+@description('Concurrent HTTP invocations one instance serves (a waiting POST mostly sleeps); settings.HTTP_CONCURRENCY.')
+@minValue(1)
+@maxValue(1000)
+param httpPerInstanceConcurrency int = 16
 
 @description('Log Analytics workspace that receives FunctionAppLogs.')
 param workspaceId string
@@ -96,10 +101,18 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
       scaleAndConcurrency: {
         maximumInstanceCount: maximumInstanceCount
         instanceMemoryMB: instanceMemoryMB
+        // Python's default is 1: each long-polling POST would hold an instance to itself.
+        triggers: {
+          http: {
+            perInstanceConcurrency: httpPerInstanceConcurrency
+          }
+        }
       }
       runtime: {
         name: 'python'
-        version: '3.11'
+        // 3.13: the worker library the platform runs for it (azure-functions-runtime) is the one
+        // tests/test_worker_runtime.py indexes and invokes this app with.
+        version: '3.13'
       }
     }
   }

@@ -1,6 +1,9 @@
 // Data-plane role assignments for one principal, each scoped as narrowly as the service allows:
-//   - Azure Service Bus Data Receiver on each server's subscription (a topic trigger needs the
-//     subscription in scope; Service Bus RBAC can be scoped to a single subscription),
+//   - on each server's subscription (a topic trigger needs the subscription in scope; Service
+//     Bus RBAC can be scoped to a single subscription): for the Function App, Azure Service Bus
+//     Data Owner, the least built-in role that carries the Manage right the trigger's scale
+//     metrics read (the subscription's runtime properties; with Receive alone the extension
+//     falls back to peeking and says it lacks Manage); for a developer, Data Receiver,
 //   - Azure Service Bus Data Sender on the topic,
 //   - Storage Table Data Contributor on the storage account (the Raft table and the host's
 //     diagnostic-event tables live there),
@@ -19,7 +22,7 @@ param principalId string
 ])
 param principalType string = 'ServicePrincipal'
 
-@description('Also grant the roles only the Functions host needs (blob owner, metrics publisher).')
+@description('The Function App itself: also grant what only the Functions host needs (Manage on the subscriptions for scaling, blob owner, metrics publisher).')
 param includeHostRoles bool = true
 
 @description('Service Bus namespace name.')
@@ -38,6 +41,7 @@ param storageAccountName string
 param appInsightsName string
 
 var roleIds = {
+  serviceBusDataOwner: '090c5cfd-751d-490a-894a-3ce6f1109419'
   serviceBusDataReceiver: '4f6d3b9b-027b-4f4c-9142-0e5a2a2247e0'
   serviceBusDataSender: '69a216fc-b8fb-44d8-bc22-1f3c2cd27a39'
   storageTableDataContributor: '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
@@ -69,14 +73,17 @@ resource appInsights 'Microsoft.Insights/components@2020-02-02' existing = {
   name: appInsightsName
 }
 
+// Only the Functions host scales on the subscriptions' runtime properties.
+var subscriptionRole = includeHostRoles ? roleIds.serviceBusDataOwner : roleIds.serviceBusDataReceiver
+
 resource receiverOnSubscription 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
   for (name, i) in subscriptionNames: {
-    name: guid(subscriptions[i].id, principalId, roleIds.serviceBusDataReceiver)
+    name: guid(subscriptions[i].id, principalId, subscriptionRole)
     scope: subscriptions[i]
     properties: {
       principalId: principalId
       principalType: principalType
-      roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleIds.serviceBusDataReceiver)
+      roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', subscriptionRole)
     }
   }
 ]

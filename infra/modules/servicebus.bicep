@@ -86,6 +86,8 @@ resource subscriptions 'Microsoft.ServiceBus/namespaces/topics/subscriptions@202
       deadLetteringOnFilterEvaluationExceptions: true
       maxDeliveryCount: maxDeliveryCount
       defaultMessageTimeToLive: messageTtl
+      // settings.MESSAGE_LOCK_S: a batch trigger cannot renew its locks, so host.json's
+      // functionTimeout stops every invocation well before this expires.
       lockDuration: 'PT1M'
       requiresSession: false
     }

@@ -9,7 +9,9 @@ completes.
 
 If recording itself fails (say Table Storage is unreachable) the recorder raises: the trigger
 then redelivers the message and, after ``maxDeliveryCount`` attempts, Service Bus dead-letters
-it, so the message is still kept, only in the dead-letter queue instead.
+it, so the message is still kept, only in the dead-letter queue instead. What a poison message
+holds never makes recording fail: every stored string is cut to fit one Table Storage
+property (64 KiB, counted in UTF-16), so the entity is accepted whatever the body was.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from typing import Any, Protocol
 
 log = logging.getLogger("raft.poison")
 
-# Table Storage caps a string property at 64 KiB of UTF-16: 32,000 characters leaves room for
-# characters outside the BMP, which take two UTF-16 code units.
-MAX_STORED_CHARS = 32_000
+# Table Storage caps a string property at 64 KiB counted in UTF-16, where a character outside
+# the Basic Multilingual Plane (an emoji) takes 4 bytes: stored strings are cut by that measure,
+# never by characters. A little under the limit, for the property's own framing.
+MAX_STORED_UTF16_BYTES = 64 * 1024 - 64
 MAX_REASON_CHARS = 1_024
 LOG_BODY_PREFIX_CHARS = 512
 POISON_PARTITION = "poison"
@@ -62,6 +65,20 @@ def body_text(body: bytes, limit: int) -> str:
     return bytes(body[: limit * 4]).decode("utf-8", errors="backslashreplace")[:limit]
 
 
+def fit_utf16(text: str, max_bytes: int = MAX_STORED_UTF16_BYTES) -> str:
+    """The longest prefix of `text` that takes at most `max_bytes` in UTF-16, never ending
+    between the two halves of a surrogate pair."""
+    if 4 * len(text) <= max_bytes:
+        return text  # even if every character took 4 bytes, it would fit
+    encoded = text.encode("utf-16-le", errors="surrogatepass")
+    if len(encoded) <= max_bytes:
+        return text
+    cut = encoded[: max_bytes - max_bytes % 2]
+    if 0xD800 <= int.from_bytes(cut[-2:], "little") <= 0xDBFF:
+        cut = cut[:-2]  # the first half of a pair whose second half was cut off
+    return cut.decode("utf-16-le", errors="surrogatepass")
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value).decode("utf-8", errors="backslashreplace")
@@ -76,7 +93,8 @@ def normalize_properties(properties: Mapping[Any, Any] | None) -> dict[str, Any]
 
 
 def properties_json(properties: Mapping[Any, Any] | None) -> str:
-    return json.dumps(normalize_properties(properties), sort_keys=True)[:MAX_STORED_CHARS]
+    # ASCII-escaped, so a cut never splits a character; a cut JSON text is for humans only.
+    return fit_utf16(json.dumps(normalize_properties(properties), sort_keys=True))
 
 
 class LoggingPoisonRecorder:
@@ -129,9 +147,10 @@ class TablePoisonRecorder:
             "RowKey": poison_row_key(self._now(), poison.message_id),
             "Reason": poison.reason[:MAX_REASON_CHARS],
             "MessageId": (poison.message_id or "")[:1024],
-            "ServerId": poison.server_id,
+            "ServerId": poison.server_id[:1024],
             "BodyBytes": len(poison.body),
-            "Body": body_text(poison.body, MAX_STORED_CHARS),
+            # Decoding at most one character per stored UTF-16 byte pair, then cutting to fit.
+            "Body": fit_utf16(body_text(poison.body, MAX_STORED_UTF16_BYTES // 2)),
             "Properties": properties_json(poison.properties),
         }
         if poison.delivery_count is not None:

@@ -9,7 +9,13 @@ Every envelope becomes one Service Bus message:
 - ``subject`` = kind (shown by Service Bus Explorer and usable in filters);
 - ``time_to_live``: a message nobody reads in time is stale for Raft anyway, and expiry
   dead-letters it (``DeadLetteringOnMessageExpiration``) rather than letting it pile up;
-- ``message_id``: one id per logical send, for the topic's duplicate detection.
+- ``message_id``: one id per logical send, for the topic's duplicate detection;
+- application properties ``traceparent`` and ``tracestate`` (W3C trace context), when the bus
+  was given a `trace_context` source and there is a current trace: one trace follows a
+  command from the HTTP call through every server that handles it (raft/hosts/telemetry.py).
+  The keys are bytes, as the SDK writes them: when Azure SDK tracing is on (the worker's
+  OpenTelemetry distro turns it on) the SDK adds ``traceparent`` only if it is absent, so the
+  property is never written twice.
 
 Message ids and duplicate detection
 -----------------------------------
@@ -36,6 +42,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -54,7 +61,13 @@ from azure.servicebus.exceptions import (
 from raft.adapters.connections import Connection, MissingConnectionError
 from raft.adapters.poison import Poison, PoisonRecorder, normalize_properties
 from raft.core import wire
-from raft.core.messages import ClientRequest, ClientResponse, Envelope
+from raft.core.messages import (
+    ChangeMembership,
+    ClientRequest,
+    ClientResponse,
+    Envelope,
+    TransferLeadership,
+)
 
 log = logging.getLogger("raft.servicebus")
 
@@ -65,6 +78,10 @@ SENDER_PROPERTY = "sender"
 # filter (raft.hosts.settings.SUBSCRIPTION_RULE, infra/modules/servicebus.bicep) matches it.
 ADDRESSEE_PROPERTY = "addressee"
 TERM_PROPERTY = "term"
+# W3C trace context (see the module docstring for why the keys are bytes).
+TRACE_PROPERTIES = {"traceparent": b"traceparent", "tracestate": b"tracestate"}
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+MAX_TRACESTATE_CHARS = 512
 # Service Bus caps a message id at 128 characters.
 MAX_MESSAGE_ID_CHARS = 128
 
@@ -86,30 +103,39 @@ class MessageTooLargeError(ValueError):
 
 
 def message_term(envelope: Envelope) -> int:
-    """The Raft term an RPC carries; 0 for client messages (a ClientResponse's `term` is the
-    committed entry's term, not the sender's current term)."""
+    """The Raft term an RPC carries; 0 for client and operator messages (a ClientResponse's
+    `term` is the committed entry's term, not the sender's current term; an operator's
+    request to transfer leadership or change the membership has none)."""
     m = envelope.message
-    if isinstance(m, ClientRequest | ClientResponse):
+    if isinstance(m, ClientRequest | ClientResponse | TransferLeadership | ChangeMembership):
         return 0
     return m.term
 
 
-def to_service_bus_message(envelope: Envelope, ttl_s: float, message_id: str) -> ServiceBusMessage:
+def to_service_bus_message(
+    envelope: Envelope, ttl_s: float, message_id: str, trace: Mapping[str, str] | None = None
+) -> ServiceBusMessage:
     """One envelope as a Service Bus message; `message_id` comes from the caller (see the
     module docstring: unique per logical send, reused on a retry of that send)."""
-    return _message(envelope, wire.encode(envelope), ttl_s, message_id)
+    return _message(envelope, wire.encode(envelope), ttl_s, message_id, trace or {})
 
 
-def _message(envelope: Envelope, body: str, ttl_s: float, message_id: str) -> ServiceBusMessage:
+def _message(
+    envelope: Envelope, body: str, ttl_s: float, message_id: str, trace: Mapping[str, str]
+) -> ServiceBusMessage:
     kind = wire.kind_of(envelope.message)
+    properties: dict[str | bytes, Any] = {
+        KIND_PROPERTY: kind,
+        SENDER_PROPERTY: envelope.sender,
+        ADDRESSEE_PROPERTY: envelope.to,
+        TERM_PROPERTY: message_term(envelope),
+    }
+    for name, key in TRACE_PROPERTIES.items():
+        if name in trace:
+            properties[key] = trace[name]
     return ServiceBusMessage(
         body,
-        application_properties={
-            KIND_PROPERTY: kind,
-            SENDER_PROPERTY: envelope.sender,
-            ADDRESSEE_PROPERTY: envelope.to,
-            TERM_PROPERTY: message_term(envelope),
-        },
+        application_properties=properties,
         message_id=message_id,
         subject=kind,
         content_type=CONTENT_TYPE,
@@ -150,6 +176,7 @@ class ServiceBusBus:
     `publish` packs the envelopes into as few batch sends as the broker's batch size allows.
     Thread-safe (Functions may run invocations concurrently on one worker; a ServiceBusSender
     is not safe to share unguarded). Counts `published` (messages) and `sends` (batch sends).
+    `trace_context`, if given, returns the W3C trace context to stamp on what is published now.
     """
 
     def __init__(
@@ -162,6 +189,7 @@ class ServiceBusBus:
         send_attempts: int = 2,
         send_timeout_s: float | None = 30.0,
         max_batch_bytes: int | None = None,
+        trace_context: Callable[[], Mapping[str, str]] | None = None,
     ) -> None:
         if ttl_s <= 0:
             raise ValueError(f"ttl_s must be positive, got {ttl_s}")
@@ -174,6 +202,7 @@ class ServiceBusBus:
         self._send_attempts = send_attempts
         self._send_timeout_s = send_timeout_s
         self._max_batch_bytes = max_batch_bytes
+        self._trace_context = trace_context
         self._lock = threading.Lock()
         self.published = 0
         self.sends = 0
@@ -211,6 +240,7 @@ class ServiceBusBus:
         if not envelopes:
             return
         too_large: list[str] = []
+        trace = self._trace_context() if self._trace_context is not None else {}
         with self._lock:
             batch = self._new_batch()
             for envelope in envelopes:
@@ -218,7 +248,7 @@ class ServiceBusBus:
                 if len(body) > wire.MAX_WIRE_BYTES:
                     too_large.append(_describe(envelope, f"{len(body)}-byte body"))
                     continue
-                message = _message(envelope, body, self._ttl_s, self._ids(envelope.sender))
+                message = _message(envelope, body, self._ttl_s, self._ids(envelope.sender), trace)
                 try:
                     batch.add_message(message)
                     continue
@@ -322,6 +352,19 @@ def delivery_properties(message: Any) -> dict[str, Any]:
     return normalize_properties(props if isinstance(props, Mapping) else None)
 
 
+def trace_headers(properties: Mapping[str, Any]) -> dict[str, str]:
+    """The W3C trace context a delivery carries (its normalized application properties), or
+    nothing: a malformed one is ignored rather than handed to the tracer."""
+    parent = properties.get("traceparent")
+    if not isinstance(parent, str) or not _TRACEPARENT.fullmatch(parent):
+        return {}
+    headers = {"traceparent": parent}
+    state = properties.get("tracestate")
+    if isinstance(state, str) and len(state) <= MAX_TRACESTATE_CHARS:
+        headers["tracestate"] = state
+    return headers
+
+
 def receive(
     message: Any, recorder: PoisonRecorder, *, server_id: str | None = None
 ) -> Envelope | None:
@@ -334,15 +377,17 @@ def receive(
     try:
         return decode_delivery(body, props, expected_addressee=server_id)
     except wire.WireError as exc:
-        raw = body.encode("utf-8") if isinstance(body, str) else bytes(body or b"")
+        raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else bytes(body or b"")
+        message_id = getattr(message, "message_id", None)
+        count = getattr(message, "delivery_count", None)
         recorder.record(
             Poison(
                 reason=str(exc),
                 body=raw,
-                message_id=getattr(message, "message_id", None),
+                message_id=None if message_id is None else str(message_id),
                 properties=props,
                 server_id=server_id or "",
-                delivery_count=getattr(message, "delivery_count", None),
+                delivery_count=count if type(count) is int else None,
             )
         )
         return None

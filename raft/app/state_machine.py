@@ -14,6 +14,10 @@ class CommandError(ValueError):
     """A command the application cannot accept; raised before it reaches the log."""
 
 
+class SnapshotError(ValueError):
+    """Snapshot data that cannot be restored (only a faulty or corrupted leader sends it)."""
+
+
 # A command's size in the log, in bytes of UTF-8. Bounded so that the command, and a result of
 # about its size, fit one Table Storage property (64 KiB of UTF-16) and one Service Bus
 # message (JSON escaping at most doubles it): raft.hosts.settings caps the setting at this.
@@ -44,4 +48,5 @@ class StateMachine(Protocol):
         """The whole state, encoded."""
 
     def restore(self, snapshot: str) -> None:
-        """Replace the state with a snapshot taken by `snapshot`."""
+        """Replace the state with a snapshot taken by `snapshot`; raise SnapshotError, and
+        change nothing, if `snapshot` is not one."""

@@ -5,9 +5,10 @@ Every envelope is one JSON object::
     {"v": 1, "kind": "append_entries", "from": "server-1", "to": "server-2", "body": {...}}
 
 `decode` raises `WireError` (and only `WireError`) for anything that is not exactly a valid
-message of a known version: bad JSON, unknown version or kind, missing, extra or wrong-typed
-fields, negative numbers, oversized payloads. Decoding has no side effects, so a rejected
-message changes nothing.
+message of a known version: bad JSON (parsed by `strict_json`, the parser every boundary
+shares: not UTF-8, nested too deeply, NaN, lone surrogates), unknown version or kind, missing,
+extra or wrong-typed fields, numbers out of range, oversized payloads. Decoding has no side
+effects, so a rejected message changes nothing.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 from dataclasses import fields
 from typing import Any
 
+from raft.core import strict_json
 from raft.core.messages import (
     AppendEntries,
     AppendEntriesResponse,
@@ -34,6 +36,7 @@ from raft.core.messages import (
     TimeoutNow,
     TransferLeadership,
 )
+from raft.core.strict_json import brief
 
 WIRE_VERSION = 1
 # Service Bus Standard caps a message at 256 KiB; leave room for properties.
@@ -41,6 +44,10 @@ MAX_WIRE_BYTES = 240 * 1024
 MAX_ID_CHARS = 128
 # The most servers a configuration may name (Raft clusters are small; 15 is generous).
 MAX_SERVERS = 15
+# The largest term, index or sequence number accepted: the largest integer every JSON
+# implementation holds exactly (I-JSON, RFC 7493), and far inside Table Storage's Int64, so a
+# term one higher still fits when a server adopts it and starts an election.
+MAX_NAT = 2**53 - 1
 
 
 class WireError(ValueError):
@@ -147,6 +154,19 @@ SCHEMAS: dict[type, dict[str, str]] = {
 }
 
 
+# The body field that names a Raft message's sender: a server only ever sends its own id there,
+# so a message whose body names another server than its envelope is refused.
+SENDER_FIELDS: dict[type, str] = {
+    RequestVote: "candidate_id",
+    RequestVoteResponse: "voter_id",
+    AppendEntries: "leader_id",
+    AppendEntriesResponse: "follower_id",
+    InstallSnapshot: "leader_id",
+    InstallSnapshotResponse: "follower_id",
+    TimeoutNow: "leader_id",
+}
+
+
 def kind_of(message: Message | Tick) -> str:
     return KIND_OF[type(message)]
 
@@ -179,23 +199,26 @@ def encode(envelope: Envelope) -> str:
 
 
 def decode(raw: str | bytes) -> Envelope:
-    if len(raw) > MAX_WIRE_BYTES:
-        raise WireError(f"message of {len(raw)} bytes exceeds the {MAX_WIRE_BYTES}-byte limit")
+    _check_size(raw)
     try:
-        doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise WireError(f"not JSON: {exc}") from None
+        doc = strict_json.loads(raw)
+    except strict_json.JsonInputError as exc:
+        raise WireError(str(exc)) from None
     if not isinstance(doc, dict):
         raise WireError("envelope must be a JSON object")
     _exact_keys(doc, {"v", "kind", "from", "to", "body"}, "envelope")
-    if doc["v"] != WIRE_VERSION or isinstance(doc["v"], bool):
-        raise WireError(f"unsupported wire version {doc['v']!r} (expected {WIRE_VERSION})")
+    if type(doc["v"]) is not int or doc["v"] != WIRE_VERSION:
+        raise WireError(f"unsupported wire version {brief(doc['v'])} (expected {WIRE_VERSION})")
     cls = KINDS.get(doc["kind"]) if isinstance(doc["kind"], str) else None
     if cls is None or cls is Tick:
-        raise WireError(f"unknown message kind {doc['kind']!r}")
+        raise WireError(f"unknown message kind {brief(doc['kind'])}")
     sender = _check("id", doc["from"], "from")
     to = _check("id", doc["to"], "to")
-    return Envelope(sender=sender, to=to, message=decode_record(cls, doc["body"], "body"))
+    message = decode_record(cls, doc["body"], "body")
+    named = SENDER_FIELDS.get(cls)
+    if named is not None and getattr(message, named) != sender:
+        raise WireError(f"body.{named} {brief(getattr(message, named))} is not the sender")
+    return Envelope(sender=sender, to=to, message=message)
 
 
 def decode_record(cls: type, value: Any, where: str) -> Any:
@@ -208,6 +231,19 @@ def decode_record(cls: type, value: Any, where: str) -> Any:
     )
 
 
+def _check_size(raw: str | bytes) -> None:
+    # A character takes at most 4 bytes of UTF-8: only long non-ASCII text is encoded to be
+    # measured.
+    if isinstance(raw, bytes) or raw.isascii():
+        size = len(raw)
+    elif 4 * len(raw) <= MAX_WIRE_BYTES:
+        return
+    else:
+        size = len(raw.encode("utf-8", errors="surrogatepass"))
+    if size > MAX_WIRE_BYTES:
+        raise WireError(f"message of {size} bytes exceeds the {MAX_WIRE_BYTES}-byte limit")
+
+
 def _exact_keys(doc: dict[str, Any], expected: set[str], where: str) -> None:
     keys = set(doc)
     if keys != expected:
@@ -217,12 +253,12 @@ def _exact_keys(doc: dict[str, Any], expected: set[str], where: str) -> None:
 
 def _check(kind: str, value: Any, where: str) -> Any:
     if kind == "nat":
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise WireError(f"{where} must be a non-negative integer, got {value!r}")
+        if type(value) is not int or not 0 <= value <= MAX_NAT:
+            raise WireError(f"{where} must be an integer from 0 to {MAX_NAT}, got {brief(value)}")
         return value
     if kind == "bool":
         if not isinstance(value, bool):
-            raise WireError(f"{where} must be a boolean, got {value!r}")
+            raise WireError(f"{where} must be a boolean, got {brief(value)}")
         return value
     if kind in ("id", "str"):
         if not isinstance(value, str):
@@ -234,7 +270,7 @@ def _check(kind: str, value: Any, where: str) -> Any:
         try:
             return ClientStatus(value)
         except ValueError:
-            raise WireError(f"{where}: unknown status {value!r}") from None
+            raise WireError(f"{where}: unknown status {brief(value)}") from None
     if kind in ("ids", "config"):
         if not isinstance(value, list) or len(value) > MAX_SERVERS:
             raise WireError(f"{where} must be a list of at most {MAX_SERVERS} ids")

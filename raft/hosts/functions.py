@@ -10,17 +10,31 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 import azure.functions as func
 
 from raft.adapters.connections import resolve
 from raft.adapters.poison import LoggingPoisonRecorder, PoisonRecorder, TablePoisonRecorder
-from raft.adapters.servicebus_bus import ServiceBusBus, receive
+from raft.adapters.servicebus_bus import (
+    ServiceBusBus,
+    delivery_properties,
+    receive,
+    trace_headers,
+)
 from raft.app.sessions import SessionPolicy
-from raft.core.messages import Envelope
+from raft.core.messages import AppendEntries, ClientRequest, Envelope
 from raft.core.state import Config
 from raft.hosts import settings as names
-from raft.hosts.http_api import ApiLimits, ApiResponse, ClusterApi, header
+from raft.hosts import telemetry
+from raft.hosts.http_api import (
+    STEP_SAVE_ATTEMPTS,
+    ApiLimits,
+    ApiResponse,
+    ClusterApi,
+    StepLocally,
+    header,
+)
 from raft.hosts.settings import AppSettings
 from raft.node.handler import NodeHandler, NodeOptions
 from raft.ports.bus import Bus
@@ -47,6 +61,16 @@ def node_options(settings: AppSettings) -> NodeOptions:
     )
 
 
+def api_limits(settings: AppSettings) -> ApiLimits:
+    """The HTTP function's limits: command size and wait from the settings; new commands are
+    refused at the leader's own bound on uncommitted entries."""
+    return ApiLimits(
+        max_command_bytes=settings.max_command_bytes,
+        wait_s=settings.http_wait_s,
+        max_uncommitted=node_options(settings).config.max_uncommitted_entries,
+    )
+
+
 class FunctionsHost:
     def __init__(
         self,
@@ -66,16 +90,19 @@ class FunctionsHost:
             s: NodeHandler(s, settings.servers, store, bus, options, settings.spares)
             for s in settings.all_servers
         }
-        self.api = ClusterApi(
-            settings.all_servers,
-            store,
+        # The HTTP function steps an idle leader itself, one Service Bus hop fewer (the
+        # forecast in docs/performance.md); its handlers publish instead after a conflict.
+        stepping = replace(options, max_conflict_retries=STEP_SAVE_ATTEMPTS)
+        step = StepLocally(
+            {
+                s: NodeHandler(s, settings.servers, store, bus, stepping, settings.spares)
+                for s in settings.all_servers
+            },
             bus,
-            ApiLimits(
-                max_command_bytes=settings.max_command_bytes,
-                wait_s=settings.http_wait_s,
-                max_uncommitted=options.config.max_uncommitted_entries,
-            ),
-            clock=self.clock,
+            self.clock,
+        )
+        self.api = ClusterApi(
+            settings.all_servers, store, bus, api_limits(settings), clock=self.clock, step=step
         )
 
     @classmethod
@@ -91,6 +118,7 @@ class FunctionsHost:
             resolve(names.SERVICE_BUS_CONNECTION, source, "servicebus"),
             settings.topic,
             settings.message_ttl_s,
+            trace_context=telemetry.current_headers,
         )
         # Malformed deliveries are kept in the Raft table's "poison" partition, with reasons.
         return cls(settings, store, bus, TablePoisonRecorder(store.table))
@@ -99,14 +127,29 @@ class FunctionsHost:
 
     def on_messages(self, server_id: str, messages: Sequence[func.ServiceBusMessage]) -> None:
         """A batch from `server_id`'s subscription: malformed messages are recorded and
-        dropped (returning normally completes them); the rest are stepped in one save. An
-        exception makes Service Bus redeliver the batch, which the core tolerates."""
+        dropped (returning normally completes them); the rest are stepped in one save, in a
+        span that continues their trace. An exception makes Service Bus redeliver the batch,
+        which the core tolerates; bad input never raises one (docs/bad-input.md)."""
         envelopes: list[Envelope] = []
+        # The step continues the trace of a message carrying a command, if any, rather than
+        # a heartbeat's: so a command's trace goes on through every server replicating it.
+        with_command: list[dict[str, str]] = []
+        without: list[dict[str, str]] = []
         for message in messages:
             envelope = receive(message, self.recorder, server_id=server_id)
             if envelope is not None:
                 envelopes.append(envelope)
-        if envelopes:
+                headers = trace_headers(delivery_properties(message))
+                (with_command if _carries(envelope) else without).append(headers)
+        if not envelopes:
+            return
+        attributes = {
+            "messaging.system": "servicebus",
+            "messaging.batch.message_count": len(messages),
+            "raft.server": server_id,
+        }
+        traces = with_command + without
+        with telemetry.batch_span(f"raft step {server_id}", traces, attributes):
             self.handlers[server_id].handle(envelopes, self.clock.now_ms())
 
     def on_timer(self) -> None:
@@ -143,6 +186,15 @@ class FunctionsHost:
 
     def change_servers(self, req: func.HttpRequest) -> func.HttpResponse:
         return to_http(self.api.change_servers(req.get_body(), add=req.method == "POST"))
+
+    def health(self, req: func.HttpRequest) -> func.HttpResponse:
+        return to_http(self.api.health())
+
+
+def _carries(envelope: Envelope) -> bool:
+    """Whether `envelope` carries a client command (a request, or entries to replicate)."""
+    m = envelope.message
+    return isinstance(m, ClientRequest) or (isinstance(m, AppendEntries) and bool(m.entries))
 
 
 def to_http(response: ApiResponse) -> func.HttpResponse:

@@ -7,6 +7,7 @@ requests here.
     GET  /api/commands/{id}       the outcome of an earlier submission
     GET  /api/kv/{key}            linearizable read (ReadIndex: no log entry)
     GET  /api/cluster             each server's role, term, commit and last index, leader
+    GET  /api/health              anonymous: 200 while a leader is known, else 503
 
 A command is sent to the leader with no reply address (`reply_to` empty): every server records
 the result in the store when it applies the entry, and this API polls the leader's record.
@@ -28,15 +29,17 @@ from typing import Any
 
 from raft.app.kv import KeyValueStore, encode
 from raft.app.state_machine import CommandError, command_bytes
+from raft.core import strict_json
 from raft.core.messages import ChangeMembership, ClientRequest, Envelope, TransferLeadership
-from raft.node.handler import UPDATED_AT
+from raft.core.strict_json import brief
+from raft.node.handler import UPDATED_AT, ConflictRetriesExhausted, NodeHandler
 from raft.ports.bus import Bus
 from raft.ports.clock import Clock, WallClock
 from raft.ports.store import ClientResult, Store
 
 log = logging.getLogger("raft.http")
 
-REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,100}")
 CLIENT_PREFIX = "http-"
 RETRY_AFTER_S = "1"
 
@@ -73,6 +76,22 @@ class ApiLimits:
     resend_s: float = HTTP_RESEND_S
 
 
+@dataclass
+class Waiting:
+    """A command sent to the leader whose result the HTTP function is waiting for."""
+
+    request_id: str
+    request: ClientRequest
+    leader_id: str
+    # Where the answer will be: a write's stored result, or a read's answer.
+    answer: Callable[[str, str], ClientResult | None]
+    # On the API's monotonic clock (seconds).
+    deadline: float
+    resend_at: float
+    # How long to sleep before the next check.
+    poll_s: float
+
+
 class ClusterApi:
     def __init__(
         self,
@@ -84,12 +103,18 @@ class ClusterApi:
         validate: Callable[[str], None] | None = None,
         clock: Clock | None = None,
         is_read_only: Callable[[str], bool] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        step: Bus | None = None,
     ) -> None:
         self.servers = list(servers)
         self.store = store
         self.bus = bus
+        # Where a command goes when the leader is idle (`StepLocally`); None: `bus` always.
+        self.step = step
         self.limits = limits or ApiLimits()
         self.sleep = sleep
+        # Seconds, for the wait's deadline and resends (a virtual clock in raft/hosts/flex.py).
+        self.monotonic = monotonic
         # The cluster's clock, to stamp requests with their issue time (resends keep it).
         self.clock = clock or WallClock()
         # The application's own check, so a malformed command is a 400, not a log entry.
@@ -100,14 +125,20 @@ class ClusterApi:
     # ----------------------------------------------------------------- routes
 
     def post_command(self, body: bytes, request_id: str | None) -> ApiResponse:
+        """Every refusal happens here, before anything is sent, and with the checks the
+        leader repeats (the same parser, the same validation, the same size bound), so a
+        command accepted here is never refused later for its content."""
+        if request_id is not None and not REQUEST_ID.fullmatch(request_id):
+            return error(400, "request id must be 1-100 characters of A-Z a-z 0-9 . _ : -")
         if len(body) > self.limits.max_command_bytes:
             return error(
                 413, f"command is {len(body)} bytes; the limit is {self.limits.max_command_bytes}"
             )
         try:
-            command = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            return error(400, f"body is not JSON: {exc}")
+            command = strict_json.loads(body)
+        except strict_json.JsonInputError as exc:
+            return error(400, f"body: {exc}")
+        # What the log holds: canonical (sorted keys, one of each), measured as UTF-8.
         data = encode(command)
         if command_bytes(data) > self.limits.max_command_bytes:
             return error(
@@ -119,14 +150,10 @@ class ClusterApi:
             self.validate(data)
         except CommandError as exc:
             return error(400, str(exc))
-        if request_id is None:
-            request_id = uuid.uuid4().hex
-        elif not REQUEST_ID.match(request_id):
-            return error(400, "request id must be 1-100 characters of A-Z a-z 0-9 . _ : -")
-        return self.submit(request_id, data)
+        return self.submit(request_id or uuid.uuid4().hex, data)
 
     def get_command(self, request_id: str) -> ApiResponse:
-        if not REQUEST_ID.match(request_id):
+        if not REQUEST_ID.fullmatch(request_id):
             return error(400, "malformed request id")
         for server_id in self.servers:
             found = self.store.read_result(server_id, CLIENT_PREFIX + request_id)
@@ -215,13 +242,17 @@ class ClusterApi:
             poll = min(self.limits.max_poll_s, poll * 1.5)
 
     def _server_in(self, body: bytes) -> str | ApiResponse:
+        """The server a `{"server": id}` body names, or the 400 or 404 that refuses it."""
         try:
-            server = json.loads(body)["server"]
-        except (ValueError, TypeError, KeyError, UnicodeDecodeError):
+            doc = strict_json.loads(body)
+        except strict_json.JsonInputError as exc:
+            return error(400, f"body: {exc}")
+        server = doc.get("server") if isinstance(doc, dict) else None
+        if not isinstance(server, str):
             return error(400, 'body must be JSON like {"server": "server-2"}')
         if server not in self.servers:
-            return error(404, f"unknown server {server!r}; servers are {self.servers}")
-        return str(server)
+            return error(404, f"unknown server {brief(server)}; servers are {self.servers}")
+        return server
 
     def get_cluster(self) -> ApiResponse:
         servers = []
@@ -242,9 +273,31 @@ class ClusterApi:
         leader = self.find_leader()
         return ApiResponse(200, {"leader": leader[0] if leader else None, "servers": servers})
 
+    def health(self) -> ApiResponse:
+        """For availability tests and load balancers, so anonymous: whether the cluster can
+        take commands (a leader is known), and nothing that names a server, term or key."""
+        if self.find_leader() is None:
+            return ApiResponse(
+                503,
+                {"status": "unavailable", "detail": "no leader is known"},
+                {"Retry-After": RETRY_AFTER_S},
+            )
+        return ApiResponse(200, {"status": "ok"})
+
     # ----------------------------------------------------------------- submitting
 
     def submit(self, request_id: str, data: str) -> ApiResponse:
+        """Send the command to the leader and wait for its result (or answer 202 after
+        `wait_s`), polling the leader's stored result with a backoff."""
+        outcome = self.begin(request_id, data)
+        while isinstance(outcome, Waiting):
+            self.sleep(outcome.poll_s)
+            outcome = self.check(outcome)
+        return outcome
+
+    def begin(self, request_id: str, data: str) -> ApiResponse | Waiting:
+        """The first part of `submit`: find the leader and send it the command, unless the
+        answer is already known (or there is no leader, or it is overloaded)."""
         client_id = CLIENT_PREFIX + request_id
         leader = self.find_leader()
         if leader is None:
@@ -266,33 +319,52 @@ class ClusterApi:
             client_id, 1, data, issued_at=self.clock.now_ms(), read_only=read_only
         )
         log.info("request=%s client=%s leader=%s submitted", request_id, client_id, leader_id)
-        self.bus.publish([Envelope(client_id, leader_id, request)])
-        deadline = time.monotonic() + self.limits.wait_s
-        resend_at = time.monotonic() + self.limits.resend_s
-        poll = self.limits.poll_s
-        while time.monotonic() < deadline:
-            self.sleep(poll)
-            poll = min(self.limits.max_poll_s, poll * 1.5)
-            found = answer(leader_id, client_id)
-            if found is not None:
-                log.info(
-                    "request=%s committed index=%d term=%d", request_id, found.index, found.term
-                )
-                return self.committed(request_id, found)
-            if time.monotonic() >= resend_at:
-                resend_at = time.monotonic() + self.limits.resend_s
-                current = self.find_leader()
-                if current is not None and current[0] != leader_id:
-                    leader_id = current[0]
-                    # The new leader may have applied it already: never send it twice then.
-                    found = answer(leader_id, client_id)
-                    if found is not None:
-                        return self.committed(request_id, found)
-                self.bus.publish([Envelope(client_id, leader_id, request)])
-        status_url = f"/api/commands/{request_id}"
+        # A leader with nothing in flight has no batch to add the command to: stepping it
+        # here saves a hop. A busy one batches commands from its subscription, and stepping
+        # it here would race its trigger's saves.
+        idle = state.get("last_index") == state.get("commit_index")
+        bus = self.step if self.step is not None and idle else self.bus
+        bus.publish([Envelope(client_id, leader_id, request)])
+        now = self.monotonic()
+        waiting = Waiting(
+            request_id,
+            request,
+            leader_id,
+            answer,
+            deadline=now + self.limits.wait_s,
+            resend_at=now + self.limits.resend_s,
+            poll_s=self.limits.poll_s,
+        )
+        return self._wait_more(waiting)
+
+    def check(self, waiting: Waiting) -> ApiResponse | Waiting:
+        """After sleeping `waiting.poll_s`: the committed result, a 202 once the wait is over,
+        or `waiting` again (resent to the current leader every `resend_s`)."""
+        request_id, client_id = waiting.request_id, waiting.request.client_id
+        waiting.poll_s = min(self.limits.max_poll_s, waiting.poll_s * 1.5)
+        found = waiting.answer(waiting.leader_id, client_id)
+        if found is not None:
+            log.info("request=%s committed index=%d term=%d", request_id, found.index, found.term)
+            return self.committed(request_id, found)
+        if self.monotonic() >= waiting.resend_at:
+            waiting.resend_at = self.monotonic() + self.limits.resend_s
+            current = self.find_leader()
+            if current is not None and current[0] != waiting.leader_id:
+                waiting.leader_id = current[0]
+                # The new leader may have applied it already: never send it twice then.
+                found = waiting.answer(waiting.leader_id, client_id)
+                if found is not None:
+                    return self.committed(request_id, found)
+            self.bus.publish([Envelope(client_id, waiting.leader_id, waiting.request)])
+        return self._wait_more(waiting)
+
+    def _wait_more(self, waiting: Waiting) -> ApiResponse | Waiting:
+        if self.monotonic() < waiting.deadline:
+            return waiting
+        status_url = f"/api/commands/{waiting.request_id}"
         return ApiResponse(
             202,
-            {"request_id": request_id, "status": "pending", "status_url": status_url},
+            {"request_id": waiting.request_id, "status": "pending", "status_url": status_url},
             {"Location": status_url},
         )
 
@@ -318,6 +390,51 @@ class ClusterApi:
                 "term": found.term,
             },
         )
+
+
+# Saves a command stepped from the HTTP function tries before it is published instead: one,
+# since a conflict means the server's own trigger is busy, and that batches commands better.
+STEP_SAVE_ATTEMPTS = 1
+
+
+class StepLocally:
+    """A bus for the HTTP function that steps the addressed server's node handler in this
+    instance instead of publishing the command to the server's subscription: one Service Bus
+    hop (and the trigger's wait for a batch) fewer.
+
+    Safe because the step is the node handler's ordinary unit of work, which any instance
+    may run: every save is conditional on the version the step started from, so a step that
+    races the server's own trigger instance either wins or reloads and steps again. If it
+    cannot save (the handler gives up after its options' `max_conflict_retries` attempts) or
+    fails, the command is published as usual, so under contention the trigger's batches
+    carry the load.
+    """
+
+    def __init__(self, handlers: Mapping[str, NodeHandler], bus: Bus, clock: Clock) -> None:
+        self.handlers = handlers
+        self.bus = bus
+        self.clock = clock
+
+    def publish(self, envelopes: Sequence[Envelope]) -> None:
+        rest: list[Envelope] = []
+        for envelope in envelopes:
+            handler = self.handlers.get(envelope.to)
+            if handler is None:
+                rest.append(envelope)
+                continue
+            # Its own trigger saves the server between two requests, so a cached copy here
+            # is nearly always stale: load afresh rather than fail a save first.
+            handler.drop_cache()
+            try:
+                handler.handle([envelope], self.clock.now_ms())
+            except ConflictRetriesExhausted:
+                log.info("server=%s busy; publishing the command instead", envelope.to)
+                rest.append(envelope)
+            except Exception:
+                log.warning("server=%s not stepped; publishing", envelope.to, exc_info=True)
+                rest.append(envelope)
+        if rest:
+            self.bus.publish(rest)
 
 
 def header(headers: Mapping[str, str], name: str) -> str | None:

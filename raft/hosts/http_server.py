@@ -37,6 +37,8 @@ def route(
         return api.change_servers(body, add=method == "POST")
     if method == "GET" and path == "/api/cluster":
         return api.get_cluster()
+    if method == "GET" and path == "/api/health":
+        return api.health()
     if method == "GET" and (match := COMMAND.match(path)):
         return api.get_command(unquote(match.group(1)))
     if method == "GET" and (match := KEY.match(path)):
@@ -67,7 +69,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.do_POST()
 
     def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
+        declared = self.headers.get("Content-Length") or "0"
+        if not (declared.isascii() and declared.isdigit()):
+            self._send(error(400, f"Content-Length {declared[:40]!r} is not a byte count"))
+            return
+        length = int(declared)
         if length > MAX_BODY_BYTES:
             self._send(error(413, f"body over {MAX_BODY_BYTES} bytes"))
             return

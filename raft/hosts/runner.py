@@ -41,6 +41,8 @@ class RunReport:
     election_ms: float = 0.0
     servers: int = 0
     store: str = "memory"
+    # With --grow-to: every change committed, and every request in the log exactly once.
+    membership_ok: bool = True
 
     def to_json(self) -> dict[str, Any]:
         latency = Latency.of(self.latencies_ms)
@@ -91,6 +93,13 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--port", type=int, default=7071, help="port for --serve (default 7071)")
     parser.add_argument(
+        "--grow-to",
+        type=int,
+        default=0,
+        help="while the requests are written, add servers one at a time up to this many, "
+        "then remove them again (membership change; default: none)",
+    )
+    parser.add_argument(
         "--functions-topology",
         action="store_true",
         help="host the app as Flex Consumption does (a timer instance, one or two racing "
@@ -131,8 +140,9 @@ def run_requests(args: argparse.Namespace, store: Store, store_name: str, out: T
     if args.servers < 1 or args.requests < 0:
         raise SystemExit("--servers must be at least 1 and --requests not negative")
     servers = server_ids(args.servers)
+    spares = server_ids(max(args.grow_to, args.servers))[args.servers :]
     bus = InMemoryBus()
-    cluster = LocalCluster(servers, store, bus, build_options(args))
+    cluster = LocalCluster(servers, store, bus, build_options(args), spares=spares)
     report = RunReport(requested=args.requests, servers=args.servers, store=store_name)
     worker = threading.Thread(target=cluster.run_forever, name="raft-cluster", daemon=True)
     started = time.perf_counter()
@@ -153,7 +163,10 @@ def run_requests(args: argparse.Namespace, store: Store, store_name: str, out: T
                 f"after {report.election_ms:.1f} ms",
                 file=out,
             )
-            submit_all(cluster, bus, servers, args, report, out)
+            if spares:
+                report.membership_ok = grow_and_shrink(cluster, bus, spares, args, report, out)
+            else:
+                submit_all(cluster, bus, servers, args, report, out)
     finally:
         cluster.stop()
         worker.join(timeout=5)
@@ -165,7 +178,8 @@ def run_requests(args: argparse.Namespace, store: Store, store_name: str, out: T
         print(json.dumps(report.to_json()))
     else:
         print(f"{report.committed}/{report.requested} requests committed")
-    return 0 if report.committed == report.requested else 1
+    ok = report.committed == report.requested and report.membership_ok
+    return 0 if ok else 1
 
 
 def wait_for_leader(cluster: LocalCluster, timeout_s: float) -> str | None:
@@ -195,15 +209,72 @@ def submit_all(
         latency = (time.perf_counter() - sent) * 1000
         if response is None or response.status is not ClientStatus.OK:
             status = "timed out" if response is None else response.status.value
-            print(f"request {number}: {status}", file=out)
+            say(out, f"request {number}: {status}")
             continue
         report.committed += 1
         report.latencies_ms.append(latency)
-        print(
+        say(
+            out,
             f"request {number}: committed at index {response.index} term {response.term} "
             f"in {latency:.1f} ms",
-            file=out,
         )
+
+
+def grow_and_shrink(
+    cluster: LocalCluster,
+    bus: InMemoryBus,
+    spares: list[str],
+    args: argparse.Namespace,
+    report: RunReport,
+    out: TextIO,
+) -> bool:
+    """Write the requests from another thread while the configuration grows by each spare,
+    one at a time, and shrinks back; then check each request is in the log exactly once."""
+    api = ClusterApi(
+        cluster.servers + spares,
+        cluster.store,
+        bus,
+        ApiLimits(wait_s=args.request_timeout_s),
+        clock=cluster.clock,
+    )
+    writer = threading.Thread(
+        target=submit_all, args=(cluster, bus, cluster.servers, args, report, out)
+    )
+    writer.start()
+    changed = True
+    for server, add in [*((s, True) for s in spares), *((s, False) for s in reversed(spares))]:
+        answer = api.change_servers(json.dumps({"server": server}).encode(), add=add)
+        verb = "added" if add else "removed"
+        if answer.status == 200:
+            say(out, f"{verb} {server}: configuration {answer.body['servers']}")
+        else:
+            say(out, f"could not change {server}: {answer.body}")
+            changed = False
+    writer.join()
+    leader = cluster.leader()
+    if leader is None:
+        return False
+    counts: dict[tuple[str, int], int] = {}
+    for entry in leader.log:
+        if entry.client_id.startswith("runner-"):
+            counts[(entry.client_id, entry.seq)] = counts.get((entry.client_id, entry.seq), 0) + 1
+    once = all(n == 1 for n in counts.values())
+    print(
+        f"configuration back to {list(leader.servers)}; "
+        f"{len(counts)} requests in the log, each {'once' if once else 'NOT once'}",
+        file=out,
+    )
+    return changed and once
+
+
+_OUTPUT = threading.Lock()
+
+
+def say(out: TextIO, line: str) -> None:
+    """One whole line, also when the writer and the membership changes print at once."""
+    with _OUTPUT:
+        out.write(line + "\n")
+        out.flush()
 
 
 def open_store(args: argparse.Namespace) -> Store:

@@ -52,6 +52,28 @@ DEFAULTS: dict[str, str] = {
 # ADDRESSEE_PROPERTY against the server's id.
 SUBSCRIPTION_RULE = "addressee"
 
+# Platform limits host.json and infra/ set, named here so the settings above can be checked
+# against them (tests/test_deployment.py checks that the files agree).
+#
+# A Service Bus batch trigger cannot renew its messages' locks (host.json's
+# maxAutoLockRenewalDuration applies to single-message triggers only): a batch still running
+# when the lock expires is delivered again, to a second invocation, while the first goes on.
+# So every invocation is cut off (functionTimeout) well before a lock taken just before it
+# started can expire; the margin covers the host's receive-to-dispatch time and completion.
+MESSAGE_LOCK_S = 60
+FUNCTION_TIMEOUT_S = 45
+LOCK_MARGIN_S = MESSAGE_LOCK_S - FUNCTION_TIMEOUT_S
+# Messages per batch invocation: one step and one save for all of them, so the work grows
+# with the entries and replies a batch makes, far inside FUNCTION_TIMEOUT_S at this size.
+MAX_MESSAGE_BATCH = 100
+# An HTTP call waits for its command at most RAFT_HTTP_WAIT_S, then a few more store reads
+# and a resend may run: this much of FUNCTION_TIMEOUT_S is kept for them.
+HTTP_WAIT_MARGIN_S = 15
+# Concurrent HTTP invocations one instance serves (Flex Consumption's perInstanceConcurrency;
+# the Python default is 1) and the worker threads that run them (PYTHON_THREADPOOL_THREAD_COUNT):
+# a waiting POST sleeps between store reads, so one instance holds many without using much CPU.
+HTTP_CONCURRENCY = 16
+
 
 def server_ids(count: int) -> list[str]:
     """Server ids, which are also the subscription names: server-1 .. server-N."""
@@ -118,8 +140,12 @@ class AppSettings:
             raise ValueError(f"{ELECTION_TIMEOUT_MS} must be at least 3x {HEARTBEAT_MS}")
         if not 0 < settings.max_command_bytes <= MAX_COMMAND_BYTES_LIMIT:
             raise ValueError(f"{MAX_COMMAND_BYTES} must be between 1 and {MAX_COMMAND_BYTES_LIMIT}")
-        if not 0 < settings.http_wait_s < 200:
-            raise ValueError(f"{HTTP_WAIT_S} must be under the platform's 230 s HTTP limit")
+        longest_wait = FUNCTION_TIMEOUT_S - HTTP_WAIT_MARGIN_S
+        if not 0 < settings.http_wait_s <= longest_wait:
+            raise ValueError(
+                f"{HTTP_WAIT_S} must be between 0 and {longest_wait} s, so that an HTTP call "
+                f"ends before host.json's functionTimeout ({FUNCTION_TIMEOUT_S} s)"
+            )
         # A message may be delivered until its TTL runs out, and the HTTP function resends its
         # request while it waits: a session must outlive both, or a late copy of a request
         # whose session expired would be refused as expired although it was applied.

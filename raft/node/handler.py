@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 
 from raft.app.kv import KeyValueStore
 from raft.app.sessions import AppliedState, Session, SessionPolicy
-from raft.app.state_machine import CommandError, StateMachine, command_bytes
+from raft.app.state_machine import CommandError, SnapshotError, StateMachine, command_bytes
 from raft.core.messages import ClientRequest, ClientResponse, ClientStatus, Envelope
 from raft.core.rng import seed_for
 from raft.core.server import RaftServer, Ready
@@ -169,7 +169,13 @@ class NodeHandler:
                 direct = action(loaded)
                 ready = server.ready()
                 if ready.installed is not None:
-                    self._install(loaded, ready.installed)
+                    try:
+                        self._install(loaded, ready.installed)
+                    except SnapshotError as exc:
+                        # Installing it would lose the applied state: the whole step is dropped
+                        # (nothing saved or sent, the cache reloads), as if its batch were lost.
+                        log.error("server=%s refused a snapshot: %s", self.server_id, exc)
+                        return
                 applied_from = loaded.applied.last_applied
                 replies, results = self._apply_committed(loaded)
                 read_replies, answers = self._answer_reads(loaded, ready.reads)
@@ -216,18 +222,21 @@ class NodeHandler:
     def _step_all(self, loaded: _Loaded, envelopes: Sequence[Envelope], now: int) -> list[Envelope]:
         """Step each message; answer retried or invalid client requests without the core."""
         direct: list[Envelope] = []
+        # Asked once per batch: a disabled log.debug still costs a call per request.
+        debug = log.isEnabledFor(logging.DEBUG)
         for envelope in envelopes:
             m = envelope.message
             if isinstance(m, ClientRequest):
-                log.debug(
-                    "server=%s role=%s client_request client=%s seq=%d from=%s hops=%d",
-                    self.server_id,
-                    loaded.server.state.role.value,
-                    m.client_id,
-                    m.seq,
-                    envelope.sender,
-                    m.hops,
-                )
+                if debug:
+                    log.debug(
+                        "server=%s role=%s client_request client=%s seq=%d from=%s hops=%d",
+                        self.server_id,
+                        loaded.server.state.role.value,
+                        m.client_id,
+                        m.seq,
+                        envelope.sender,
+                        m.hops,
+                    )
                 answer = self._answer_without_log(loaded, m, now)
                 if answer is not None:
                     if m.reply_to:
@@ -308,6 +317,7 @@ class NodeHandler:
         results: list[ClientResult] = []
         if applied.last_applied >= state.commit_index:
             return replies, results
+        debug = log.isEnabledFor(logging.DEBUG)
         for index in range(applied.last_applied + 1, state.commit_index + 1):
             entry = state.entry(index)
             loaded.applied_bytes += entry.size
@@ -317,15 +327,16 @@ class NodeHandler:
                 replies.append(Envelope(self.server_id, entry.reply_to, expired))
             if not isinstance(session, Session):
                 continue
-            # client= and seq= follow one request from the HTTP log line across servers.
-            log.debug(
-                "server=%s applied index=%d term=%d client=%s seq=%d",
-                self.server_id,
-                index,
-                entry.term,
-                entry.client_id,
-                entry.seq,
-            )
+            if debug:
+                # client= and seq= follow one request from the HTTP log line across servers.
+                log.debug(
+                    "server=%s applied index=%d term=%d client=%s seq=%d",
+                    self.server_id,
+                    index,
+                    entry.term,
+                    entry.client_id,
+                    entry.seq,
+                )
             if not entry.reply_to:
                 results.append(
                     ClientResult(
@@ -351,9 +362,13 @@ class NodeHandler:
         )
 
     def _install(self, loaded: _Loaded, snapshot: Snapshot) -> None:
-        """The core installed a snapshot from its leader: the application follows it."""
+        """The core installed a snapshot from its leader: the application follows it. Raises
+        SnapshotError for one the application cannot restore, or that holds another index."""
         opts = self.options
-        loaded.applied = AppliedState.restore(snapshot.data, opts.machine_factory, opts.sessions)
+        applied = AppliedState.restore(snapshot.data, opts.machine_factory, opts.sessions)
+        if applied.last_applied != snapshot.index:
+            raise SnapshotError(f"snapshot at {snapshot.index} holds {applied.last_applied}")
+        loaded.applied = applied
         loaded.snapshot_chars = len(snapshot.data)
         loaded.applied_bytes = 0
 

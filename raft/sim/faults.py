@@ -33,6 +33,8 @@ class Fault(StrEnum):
     COLD = "cold_instance"
     # An operator asks the leader to hand leadership to another server (thesis §3.10).
     TRANSFER = "transfer_leadership"
+    # An operator asks the leader to add a server to the configuration or remove one (§4.1).
+    MEMBERSHIP = "membership_change"
     # A server's clock jumps (function instances run on machines whose clocks disagree).
     SKEW = "clock_skew"
 
@@ -53,6 +55,7 @@ class FaultPlan:
     skew: float = 0.0
     cold: float = 0.0
     transfer: float = 0.0
+    membership: float = 0.0
     # Per election won, not per step.
     crash_new_leader: float = 0.0
 
@@ -69,6 +72,7 @@ class FaultPlan:
             skew=0.02,
             cold=0.01,
             transfer=0.005,
+            membership=0.005,
             crash_new_leader=0.25,
         )
 

@@ -33,7 +33,8 @@ from raft.sim.tracer import Tracer
     CRASH_AFTER_SAVE,
     COLD,
     TRANSFER,
-) = range(1, 11)
+    MEMBERSHIP,
+) = range(1, 12)
 # A clock jump sets a server's offset from virtual time to one of these (ms). Raft's safety
 # must not depend on clocks; skew makes timeouts fire early or late, as Coyote's
 # nondeterministic timers do.
@@ -67,6 +68,7 @@ class Cluster(Protocol):
     def replace_instance(self, which: int) -> None: ...
     def leaders(self) -> list[str]: ...
     def transfer_leadership(self, leader: str, target: str) -> None: ...
+    def change_membership(self, leader: str, server: str) -> None: ...
     def role_of(self, server: str) -> str: ...
 
 
@@ -104,6 +106,7 @@ class FaultInjector:
                 p.crash_after_save if can_crash else 0.0,
                 p.cold,
                 p.transfer,
+                p.membership,
             )
         return rates
 
@@ -134,6 +137,10 @@ class FaultInjector:
             sim.set_skew(server, SKEWS[choices.below(len(SKEWS))])
         elif fault == COLD:
             sim.replace_instance(choices.below(sim.instance_count))
+        elif fault == MEMBERSHIP:
+            leaders = sim.leaders()
+            if leaders:
+                sim.change_membership(leaders[0], sim.servers[choices.below(len(sim.servers))])
         elif fault == TRANSFER:
             leaders = sim.leaders()
             if leaders:

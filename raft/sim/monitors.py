@@ -60,6 +60,36 @@ class Monitor:
         return None
 
 
+class ConfigurationSafety(Monitor):
+    """Thesis §4.1: each configuration in a log differs from the one before it by one server
+    at most, so a majority of the old and a majority of the new always share a server (no
+    two disjoint majorities can each elect a leader or commit), and never names no one."""
+
+    name = "configuration-safety"
+    trigger = "log"
+
+    def __init__(self, servers: tuple[str, ...]) -> None:
+        self.initial = servers
+
+    def on_save(self, event: SaveEvent) -> str | None:
+        start = event.change.log_from
+        if start is None:
+            return None
+        log = event.view.log
+        previous = next((e.servers for e in reversed(log[: start - 1]) if e.servers), self.initial)
+        for index in range(start, len(log) + 1):
+            servers = log[index - 1].servers
+            if not servers:
+                continue
+            if len(set(servers) ^ set(previous)) > 1:
+                return (
+                    f"{event.server}'s entry {index} changes the configuration from "
+                    f"{sorted(previous)} to {sorted(servers)}: majorities of the two may not meet"
+                )
+            previous = servers
+        return None
+
+
 class ElectionSafety(Monitor):
     """§5.2: at most one leader per term."""
 
@@ -177,8 +207,11 @@ class CommitSafety(Monitor):
     def __init__(self, digests: LogDigests, views: dict[str, PersistedView]) -> None:
         self.digests = digests
         self.views = views
-        self.quorum = len(views) // 2 + 1
         self.checked = 0
+
+    def _config(self, server: str) -> tuple[str, ...]:
+        """The servers `server` uses; all of them until it has saved (the first one)."""
+        return tuple(self.views[server].state.get("servers") or self.views)
 
     def on_save(self, event: SaveEvent) -> str | None:
         committed = self.digests.committed
@@ -190,9 +223,18 @@ class CommitSafety(Monitor):
         for server, digests in self.digests.of.items():
             if len(digests) >= index and digests[index - 1] == committed[index - 1]:
                 continue
-            # Everyone whose log is no more up to date than `server`'s would vote for it.
-            voters = [s for s, end in ends.items() if end <= ends[server]]
-            if len(voters) >= self.quorum:
+            # Everyone whose log is no more up to date than `server`'s would vote for it, if
+            # each has the other in its configuration (a server ignores vote requests from
+            # outside it, and campaigns only inside its own).
+            config = self._config(server)
+            if server not in config:
+                continue
+            voters = [
+                s
+                for s, end in ends.items()
+                if s in config and server in self._config(s) and end <= ends[server]
+            ]
+            if len(voters) >= len(config) // 2 + 1:
                 return (
                     f"entry {index} was committed, but {server}, which lacks it, could be elected "
                     f"by {sorted(voters)}, whose logs are no more up to date than its own"
@@ -272,8 +314,8 @@ class LeaderCompleteness(Monitor):
 
 
 class Durability(Monitor):
-    """Every write a client saw acknowledged is in the persisted log of a majority, so it
-    survives the crash of any minority (and stays there)."""
+    """Every write a client saw acknowledged is in the persisted log of enough servers that no
+    majority lacks it, so it survives the crash of any minority (and stays there)."""
 
     name = "durability"
     trigger = "log"
@@ -281,7 +323,6 @@ class Durability(Monitor):
     def __init__(self, servers: tuple[str, ...], views: dict[str, PersistedView]) -> None:
         self.servers = servers
         self.views = views
-        self.quorum = len(servers) // 2 + 1
         # index -> (term, client, seq, holders)
         self.acked: dict[int, tuple[int, str, int, set[str]]] = {}
 
@@ -291,6 +332,14 @@ class Durability(Monitor):
             return False
         entry = log[index - 1]
         return entry.term == term and entry.client_id == client and entry.seq == seq
+
+    def _config_at(self, index: int, holders: set[str]) -> tuple[str, ...]:
+        for holder in sorted(holders):
+            log = self.views[holder].log
+            for entry in reversed(log[:index]):
+                if entry.servers:
+                    return entry.servers
+        return self.servers
 
     def on_ack(self, op: Operation, index: int, term: int) -> str | None:
         if index in self.acked:
@@ -316,7 +365,12 @@ class Durability(Monitor):
 
     def _check(self, index: int) -> str | None:
         term, client, seq, holders = self.acked[index]
-        if len(holders) < self.quorum:
+        # No majority of the configuration in effect at that index, nor of the one a holder
+        # uses now, may consist of servers without it: every election needs such a majority
+        # (membership changes move it, one server at a time, thesis §4.1).
+        configs = [self._config_at(index, holders)]
+        configs += [tuple(self.views[h].state.get("servers") or ()) for h in sorted(holders)]
+        if any(len(set(c) - holders) >= len(c) // 2 + 1 for c in configs if c):
             return (
                 f"acknowledged write {client}#{seq} (index {index}, term {term}) is stored on "
                 f"only {sorted(holders)}: a crash of the others would lose it"

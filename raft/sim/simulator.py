@@ -17,7 +17,13 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from raft.core.messages import ClientResponse, Envelope, TimeoutNow, TransferLeadership
+from raft.core.messages import (
+    ChangeMembership,
+    ClientResponse,
+    Envelope,
+    TimeoutNow,
+    TransferLeadership,
+)
 from raft.core.server import MAX_FORWARD_HOPS
 from raft.core.wire import KIND_OF
 from raft.node.handler import NodeOptions
@@ -29,6 +35,7 @@ from raft.sim.instances import Instances
 from raft.sim.linearizability import Operation
 from raft.sim.monitors import (
     CommitSafety,
+    ConfigurationSafety,
     Durability,
     ElectionSafety,
     LeaderAppendOnly,
@@ -162,6 +169,7 @@ class Simulator:
             CommitSafety(self.digests, self.views),
             LeaderCompleteness(self.digests),
             SnapshotSafety(self.servers),
+            ConfigurationSafety(self.servers),
         ]
         self.durability = Durability(self.servers, self.views)
         self.save_monitors.append(self.durability)
@@ -260,14 +268,16 @@ class Simulator:
             return "no leader was elected"
         if self.pending_ops:
             return f"{self.pending_ops} client requests still pending"
-        states = [self.views[s].state for s in self.servers]
+        # Servers the leader's configuration leaves out get nothing more: only members count.
+        members = [s for s in self.servers if s in self.views[leaders[0]].state["servers"]]
+        states = [self.views[s].state for s in members]
         end = max(
             self.views[leaders[0]].state["last_index"],
             *(state.get("commit_index", 0) for state in states),
         )
         behind = [
             s
-            for s, state in zip(self.servers, states, strict=True)
+            for s, state in zip(members, states, strict=True)
             if state.get("last_applied", 0) < end
         ]
         if behind:
@@ -616,6 +626,19 @@ class Simulator:
         self.coverage.faults[Fault.TRANSFER] += 1
         self.enqueue(Envelope(OPERATOR, leader, TransferLeadership(target)))
         self.tracer.note(f"an operator asks {leader} to transfer leadership to {target}")
+
+    def change_membership(self, leader: str, server: str) -> None:
+        """An operator asks `leader` to remove `server` if it is in the leader's configuration
+        (keeping at least three), or to add it back; one change at a time, so the leader may
+        drop it."""
+        servers = self.views[leader].state["servers"]
+        add = server not in servers or len(servers) <= 3
+        if add and server in servers:
+            return
+        self.coverage.faults[Fault.MEMBERSHIP] += 1
+        self.enqueue(Envelope(OPERATOR, leader, ChangeMembership(server, add)))
+        verb = "add" if add else "remove"
+        self.tracer.note(f"an operator asks {leader} to {verb} {server}")
 
     def replace_instance(self, which: int) -> None:
         self.coverage.faults[Fault.COLD] += 1
