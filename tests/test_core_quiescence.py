@@ -131,3 +131,13 @@ def test_config_refuses_a_check_interval_within_the_election_timeout() -> None:
     with pytest.raises(ValueError, match="quiesce"):
         Config(quiesce_check_interval=300)
     assert Config(quiesce=False, quiesce_check_interval=300).quiesce is False
+
+
+def test_a_late_copy_of_an_earlier_append_entries_leaves_a_follower_quiescent() -> None:
+    # Sent before the group quiesced and delivered after: it brings nothing new, so the
+    # follower keeps waiting for the leader's check round instead of a heartbeat.
+    follower = quiescent_follower()
+    deliver(follower, "s1", append(1, "s1", 0, 0, entries(1), commit=1), 1500)
+    assert follower.state.quiescent
+    follower.tick(1500 + CONFIG.election_timeout_max + 1)
+    assert follower.state.role is Role.FOLLOWER

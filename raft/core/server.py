@@ -537,6 +537,11 @@ class RaftServer:
             # Figure 2, receiver rule 1.
             self.send(sender, AppendEntriesResponse(s.current_term, s.server_id, False))
             return
+        # A quiescent follower stays so for a message of its leader that brings nothing new:
+        # a copy delivered late, sent before the group quiesced (waking on it would let its
+        # timer run out while the leader stays silent, and depose it).
+        same_leader = s.quiescent and m.term == s.current_term and m.leader_id == s.leader_id
+        quiet_at = (s.last_index, s.commit_index) if same_leader else None
         self.hear_from_leader(m, now)
         prev_index, prev_term, entries = m.prev_log_index, m.prev_log_term, m.entries
         if prev_index < s.log_start:
@@ -562,7 +567,7 @@ class RaftServer:
             return
         self.accept_append(sender, m, prev_index + len(entries))
         settled = s.commit_index == m.leader_commit == s.last_index == prev_index + len(entries)
-        if m.quiesce and settled:
+        if (m.quiesce and settled) or quiet_at == (s.last_index, s.commit_index):
             # Settled with the leader: wait for its next check round, not a heartbeat.
             s.quiescent = True
             s.election_deadline += self.config.quiesce_interval
