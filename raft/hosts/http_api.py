@@ -194,24 +194,20 @@ class ClusterApi:
         target = self._server_in(body)
         if isinstance(target, ApiResponse):
             return target
-        leader = self.find_leader()
-        if leader is None:
+        if self.find_leader() is None:
             return error(503, "no leader is known; retry shortly", **{"Retry-After": RETRY_AFTER_S})
-        deadline = time.monotonic() + self.limits.wait_s
-        poll, ask_at = self.limits.poll_s, 0.0
-        while leader is None or leader[0] != target:
-            now = time.monotonic()
-            if now >= deadline:
-                return error(504, f"{target} did not take over in {self.limits.wait_s:g} s")
-            if leader is not None and now >= ask_at:
-                # Asked again after a while: the leader gives up on a target that lags.
-                log.info("transfer leader=%s target=%s", leader[0], target)
-                self.bus.publish([Envelope("operator", leader[0], TransferLeadership(target))])
-                ask_at = now + self.limits.resend_s
-            self.sleep(poll)
-            poll = min(self.limits.max_poll_s, poll * 1.5)
-            leader = self.find_leader()
-        return ApiResponse(200, {"leader": target, "term": leader[1]["current_term"]})
+
+        def moved(leader_id: str, state: dict[str, Any]) -> ApiResponse | None:
+            if leader_id != target:
+                return None
+            return ApiResponse(200, {"leader": target, "term": state["current_term"]})
+
+        # Asked again after a while: the leader gives up on a target that lags.
+        return self._ask_leader(
+            moved,
+            lambda _leader_id, _state: TransferLeadership(target),
+            f"{target} did not take over in {self.limits.wait_s:g} s",
+        )
 
     def change_servers(self, body: bytes, add: bool) -> ApiResponse:
         """Add `{"server": id}` to the configuration (POST) or remove it (DELETE), one at a
@@ -219,25 +215,47 @@ class ClusterApi:
         server = self._server_in(body)
         if isinstance(server, ApiResponse):
             return server
+
+        def changed(leader_id: str, state: dict[str, Any]) -> ApiResponse | None:
+            done = (server in state["servers"]) == add
+            if done and state["config_index"] <= state["commit_index"]:
+                return ApiResponse(200, {"servers": state["servers"], "leader": leader_id})
+            return None
+
+        def request(_leader_id: str, state: dict[str, Any]) -> ChangeMembership | None:
+            # Dropped while another change is uncommitted: asked again later.
+            pending = (server in state["servers"]) != add
+            return ChangeMembership(server, add) if pending else None
+
+        verb = "add" if add else "remove"
+        return self._ask_leader(
+            changed, request, f"could not {verb} {server} in {self.limits.wait_s:g} s"
+        )
+
+    def _ask_leader(
+        self,
+        answer: Callable[[str, dict[str, Any]], ApiResponse | None],
+        request: Callable[[str, dict[str, Any]], TransferLeadership | ChangeMembership | None],
+        timeout: str,
+    ) -> ApiResponse:
+        """Send the leader an operator's `request` (again every resend period, since a leader
+        may drop it) until `answer` reads the outcome in its stored state, or time out."""
         deadline = time.monotonic() + self.limits.wait_s
         poll, ask_at = self.limits.poll_s, 0.0
         while True:
             leader = self.find_leader()
             if leader is not None:
-                leader_id, state = leader
-                done = (server in state["servers"]) == add
-                if done and state["config_index"] <= state["commit_index"]:
-                    return ApiResponse(200, {"servers": state["servers"], "leader": leader_id})
+                outcome = answer(*leader)
+                if outcome is not None:
+                    return outcome
+                message = request(*leader)
                 now = time.monotonic()
-                if not done and now >= ask_at:
-                    # Dropped while another change is uncommitted: asked again later.
-                    change = ChangeMembership(server, add)
-                    log.info("membership leader=%s server=%s add=%s", leader_id, server, add)
-                    self.bus.publish([Envelope("operator", leader_id, change)])
+                if message is not None and now >= ask_at:
+                    log.info("operator leader=%s request=%s", leader[0], message)
+                    self.bus.publish([Envelope("operator", leader[0], message)])
                     ask_at = now + self.limits.resend_s
             if time.monotonic() >= deadline:
-                verb = "add" if add else "remove"
-                return error(504, f"could not {verb} {server} in {self.limits.wait_s:g} s")
+                return error(504, timeout)
             self.sleep(poll)
             poll = min(self.limits.max_poll_s, poll * 1.5)
 
