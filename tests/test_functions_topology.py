@@ -17,7 +17,7 @@ from raft.cli import main
 from raft.hosts.flex import FlexReport, FlexTiming, FlexTopology
 from raft.hosts.functions import node_options
 from raft.hosts.settings import AppSettings
-from raft.ports.store import Change, StoredServer
+from raft.sim.variants import TrustingStore
 
 SETTINGS = AppSettings.from_env({})
 
@@ -43,35 +43,10 @@ def test_racing_instances_fast_churn_and_slow_delivery_lose_no_command() -> None
     assert report.commands_committed == report.commands_sent > 100
 
 
-class TrustingView:
-    """The handler's old cache rule: a store view that vouches for whatever version this
-    instance last read or wrote, so a step never notices another instance's save."""
-
-    def __init__(self, inner: InMemoryStore) -> None:
-        self.inner = inner
-        self.seen: dict[str, str] = {}
-
-    def load(self, server_id: str) -> StoredServer | None:
-        stored = self.inner.load(server_id)
-        if stored is not None:
-            self.seen[server_id] = stored.version
-        return stored
-
-    def save(self, server_id: str, expected: str | None, change: Change) -> str:
-        self.seen[server_id] = self.inner.save(server_id, expected, change)
-        return self.seen[server_id]
-
-    def version(self, server_id: str) -> str | None:
-        return self.seen.get(server_id)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-
 def test_steps_on_unvalidated_caches_lose_the_leader_or_stall_commits() -> None:
     # The harness sees what the handler's per-step validation prevents.
     reports = [
-        run_in_memory(300, FlexTiming(churn_every_ms=0), seed, TrustingView) for seed in range(3)
+        run_in_memory(300, FlexTiming(churn_every_ms=0), seed, TrustingStore) for seed in range(3)
     ]
     worst_latency = max(max(r.commit_latencies_ms) for r in reports)
     assert min(r.leader_fraction for r in reports) < 0.99 or worst_latency > 10_000

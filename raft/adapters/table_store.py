@@ -268,18 +268,19 @@ class TableStore:
         return state
 
     def read_result(self, server_id: str, client_id: str) -> ClientResult | None:
-        entity = self._get(check_partition_key(server_id), result_key(client_id))
+        return self._client_row(server_id, result_key(client_id), client_id)
+
+    def read_answer(self, server_id: str, client_id: str) -> ClientResult | None:
+        return self._client_row(server_id, read_answer_key(client_id), client_id)
+
+    def _client_row(self, server_id: str, row_key: str, client_id: str) -> ClientResult | None:
+        """The result row at `row_key` if it is `client_id`'s (hashed keys and answer slots
+        are shared)."""
+        entity = self._get(check_partition_key(server_id), row_key)
         if entity is None:
             return None
         result = result_of(entity)
         return result if result.client_id == client_id else None
-
-    def read_answer(self, server_id: str, client_id: str) -> ClientResult | None:
-        entity = self._get(check_partition_key(server_id), read_answer_key(client_id))
-        if entity is None:
-            return None
-        answer = result_of(entity)
-        return answer if answer.client_id == client_id else None
 
     @staticmethod
     def _stored(cached: _Cached) -> StoredServer:

@@ -257,14 +257,10 @@ class NodeHandler:
         if session is not None:
             return self._ok(m.client_id, session, state.leader_id)
         refused = applied.refusal(m.client_id, m.seq, m.issued_at)
-        if (
-            refused is None
-            and m.issued_at
-            and m.issued_at + self.options.sessions.retention_ms < now
-        ):
-            refused = (
-                ClientStatus.EXPIRED
-            )  # by this server's clock; applying re-checks by the log's
+        too_old = m.issued_at and m.issued_at + self.options.sessions.retention_ms < now
+        if refused is None and too_old:
+            # By this server's clock, before it reaches the log; applying re-checks by the log's.
+            refused = ClientStatus.EXPIRED
         if refused is not None:
             return ClientResponse(m.client_id, m.seq, refused)
         if loaded.server.overloaded():

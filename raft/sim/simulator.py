@@ -632,8 +632,8 @@ class Simulator:
         (keeping at least three), or to add it back; one change at a time, so the leader may
         drop it."""
         servers = self.views[leader].state["servers"]
-        add = server not in servers or len(servers) <= 3
-        if add and server in servers:
+        add = server not in servers
+        if not add and len(servers) <= 3:
             return
         self.coverage.faults[Fault.MEMBERSHIP] += 1
         self.enqueue(Envelope(OPERATOR, leader, ChangeMembership(server, add)))

@@ -153,7 +153,7 @@ class AppendsChunksBlindly(RaftServer):
         super().on_install_snapshot(sender, m, now)
 
 
-class _TrustingStore:
+class TrustingStore:
     """One handler's view of the store in which the stored version is always the one that
     handler last loaded or saved: its cache always looks current."""
 
@@ -196,8 +196,9 @@ class StepsOnStaleCache(NodeHandler):
         store: Store,
         bus: Bus,
         options: NodeOptions | None = None,
+        spares: Sequence[str] = (),
     ) -> None:
-        super().__init__(server_id, servers, _TrustingStore(store), bus, options)
+        super().__init__(server_id, servers, TrustingStore(store), bus, options, spares)
 
 
 @dataclass(frozen=True)
