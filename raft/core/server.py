@@ -270,20 +270,17 @@ class RaftServer:
                 # Thesis §4.2.2: a leader removed from the configuration steps down once the
                 # change is committed.
                 self.become_follower(s.current_term, self._now)
-        hard = self._hard_state()
-        committed = None
-        if hard.commit > self._hard.commit:
-            committed = (self._hard.commit + 1, hard.commit)
+        hard, stored = self._hard_state(), self._hard
         out = Ready(
             messages=tuple(self._out),
             changed=self._log_changed_from is not None
             or bool(self._chunks)
             or self._fingerprint() != self._mark,
-            hard_state=hard if hard != self._hard else None,
+            hard_state=None if hard == stored else HardState(*hard),
             log_changed_from=self._log_changed_from,
             snapshot_chunks=tuple(self._chunks),
             installed=self._installed,
-            committed=committed,
+            committed=(stored[2] + 1, hard[2]) if hard[2] > stored[2] else None,
             reads=tuple(self._confirmed),
         )
         self._confirmed = []
@@ -302,9 +299,11 @@ class RaftServer:
         self._mark = self._fingerprint()
         self._hard = self._hard_state()
 
-    def _hard_state(self) -> HardState:
+    def _hard_state(self) -> tuple[int, ServerId, int]:
+        """Term, vote and commit index as a plain tuple: compared on every `ready`, so a
+        `HardState` is built only when it changed."""
         s = self.state
-        return HardState(s.current_term, s.voted_for, s.commit_index)
+        return (s.current_term, s.voted_for, s.commit_index)
 
     def _fingerprint(self) -> tuple[Any, ...]:
         """Everything the host stores, as one comparable value: the log is covered by
@@ -331,7 +330,7 @@ class RaftServer:
             s.transfer_deadline,
             s.servers,
             frozenset(s.votes),
-            tuple((peer, *p.to_json()) for peer, p in s.progress.items()),
+            tuple((peer, *p.key()) for peer, p in s.progress.items()),
             None if s.incoming is None else tuple(s.incoming.to_json()[:4]),
         )
 

@@ -104,6 +104,20 @@ class Progress:
     snapshot_index: int = 0
     snapshot_offset: int = 0
 
+    def key(self) -> tuple[Any, ...]:
+        """Every field, to compare cheaply (no enum value looked up)."""
+        return (
+            self.next,
+            self.match,
+            self.mode,
+            self.inflight,
+            self.last_sent,
+            self.recent_active,
+            self.read_acked,
+            self.snapshot_index,
+            self.snapshot_offset,
+        )
+
     def to_json(self) -> list[Any]:
         return [
             self.next,

@@ -178,8 +178,10 @@ class NodeHandler:
                         return
                 applied_from = loaded.applied.last_applied
                 replies, results = self._apply_committed(loaded)
-                read_replies, answers = self._answer_reads(loaded, ready.reads)
-                replies += read_replies
+                answers: list[ClientResult] = []
+                if ready.reads:
+                    read_replies, answers = self._answer_reads(loaded, ready.reads)
+                    replies += read_replies
                 snapshot = self._maybe_snapshot(loaded)
                 if (
                     ready.changed
@@ -417,6 +419,8 @@ class NodeHandler:
     def _forgettable(applied: AppliedState, count: int) -> tuple[str, ...]:
         """Expired clients whose stored results this save deletes; not one that came back
         (its new session's result is stored under the same key)."""
+        if not applied.expired:
+            return ()
         due = applied.expired[:count]
         return tuple(client_id for client_id in due if client_id not in applied.sessions)
 
