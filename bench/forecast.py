@@ -44,7 +44,6 @@ from typing import Any
 from bench.cost_model import SECONDS_PER_MONTH, AzureModel
 from raft.adapters.memory_store import InMemoryStore
 from raft.hosts.flex import FlexTiming, FlexTopology, Latencies, LogNormal, Usage
-from raft.hosts.functions import api_limits, node_options
 from raft.hosts.http_api import STEP_SAVE_ATTEMPTS
 from raft.hosts.latency import Latency
 from raft.hosts.settings import SERVER_COUNT, AppSettings
@@ -246,6 +245,10 @@ class Forecast:
 
 def topology(params: ForecastParameters, mode: str) -> FlexTopology:
     """A fresh cluster with the app's default settings, hosted as Flex Consumption would."""
+    # Imported here: the Functions host pulls in the Azure SDKs, which every `python -m raft`
+    # command would otherwise load (this module defines the bench command's flags).
+    from raft.hosts.functions import api_limits, node_options
+
     settings = AppSettings.from_env({SERVER_COUNT: str(params.servers)})
     options = node_options(settings)
     timing = FlexTiming(
