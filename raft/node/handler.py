@@ -404,8 +404,10 @@ class NodeHandler:
         if log_from is not None and log_from <= state.log_start:
             # Compacted in this same step (the entries were applied): store from the start.
             log_from = state.log_start + 1
+        stored = state_to_dict(state)
+        stored[UPDATED_AT] = now
         return Change(
-            state={**state_to_dict(state), UPDATED_AT: now},
+            state=stored,
             log_from=log_from,
             entries=tuple(state.log[log_from - state.log_start - 1 :]) if log_from else (),
             snapshot=snapshot or ready.installed,

@@ -76,7 +76,9 @@ class ConfigurationSafety(Monitor):
         if start is None:
             return None
         log = event.view.log
-        previous = next((e.servers for e in reversed(log[: start - 1]) if e.servers), self.initial)
+        previous = next(
+            (log[i].servers for i in range(start - 2, -1, -1) if log[i].servers), self.initial
+        )
         for index in range(start, len(log) + 1):
             servers = log[index - 1].servers
             if not servers:
