@@ -8,7 +8,8 @@ Commands and results are JSON objects::
     {"op": "cas", "key": "k", "expected": <JSON or null for absent>, "value": <JSON>}
                                                     -> {"ok": swapped, "value": <current>}
 
-Gets go through the log like every other command, so reads are linearizable.
+Gets go through the log like every other command, so reads are linearizable. `cas` compares
+as JSON does: `true` is not `1`, and `1` is `1.0`.
 
 Validation is deterministic and independent of the call stack: the HTTP API and the leader
 run the same `parse_command` on the same text, so a command the API accepted is never refused
@@ -85,6 +86,22 @@ def encode(value: Any) -> str:
     return "".join(_C_ENCODER(value, 0))
 
 
+def json_equal(a: Any, b: Any) -> bool:
+    """Equality of JSON values, which Python's `==` is not: `true` is not `1` (nor `false`
+    `0`), while `1` and `1.0` are the same number. Depth is bounded by the parser's limit."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return a == b
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, list):
+        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(json_equal(v, b[k]) for k, v in a.items())
+    return bool(a == b)
+
+
 class KeyValueStore:
     def __init__(self) -> None:
         self.data: dict[str, Any] = {}
@@ -122,7 +139,7 @@ class KeyValueStore:
         if op == "delete":
             return {"ok": True, "found": self.data.pop(key, None) is not None}
         current = self.data.get(key)
-        if current == command["expected"]:
+        if json_equal(current, command["expected"]):
             self.data[key] = command["value"]
             return {"ok": True, "value": command["value"]}
         return {"ok": False, "value": current}

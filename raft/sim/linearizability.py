@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from raft.app.kv import json_equal
+
 # Sub-histories are small (tens of operations); the recursion depth is their length.
 sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
 
@@ -51,7 +53,7 @@ def apply(op: Operation, current: Any) -> tuple[dict[str, Any], Any]:
         return {"ok": True, "found": current is not None, "value": current}, current
     if op.op == "delete":
         return {"ok": True, "found": current is not None}, None
-    if current == op.expected:
+    if json_equal(current, op.expected):
         return {"ok": True, "value": op.value}, op.value
     return {"ok": False, "value": current}, current
 
