@@ -8,8 +8,8 @@ Commands and results are JSON objects::
     {"op": "cas", "key": "k", "expected": <JSON or null for absent>, "value": <JSON>}
                                                     -> {"ok": swapped, "value": <current>}
 
-Gets go through the log like every other command, so reads are linearizable. `cas` compares
-as JSON does: `true` is not `1`, and `1` is `1.0`.
+Gets are linearizable without a log entry: the leader answers them after a ReadIndex round
+(docs/design.md). `cas` compares as JSON does: `true` is not `1`, and `1` is `1.0`.
 
 Validation is deterministic and independent of the call stack: the HTTP API and the leader
 run the same `parse_command` on the same text, so a command the API accepted is never refused
