@@ -455,7 +455,8 @@ class Simulator:
         self._saved = False
         self._elected = self._deposed = False
         local_now = max(1, self.now + self.skew[server])
-        loads, conflicts = self.store.loads, self.store.inner.conflicts
+        if self.tracing:
+            loads, conflicts = self.store.loads, self.store.inner.conflicts
         try:
             if envelope is None:
                 handler.tick(local_now)
