@@ -311,26 +311,6 @@ class ServerState:
         return self.log[index - self.log_start - 1]
 
 
-SCALARS = (
-    "current_term",
-    "voted_for",
-    "commit_index",
-    "last_applied",
-    "leader_id",
-    "election_deadline",
-    "heartbeat_deadline",
-    "quorum_check_deadline",
-    "leader_contact",
-    "rng",
-    "log_start",
-    "log_start_term",
-    "quiescent",
-    "read_round",
-    "transfer_to",
-    "transfer_deadline",
-)
-
-
 def state_to_dict(state: ServerState) -> dict[str, Any]:
     """Everything but the log entries, as plain JSON values (the log is stored entry by entry).
 
@@ -373,17 +353,37 @@ def state_from_dict(
     snapshot: Snapshot | None = None,
     incoming_data: str = "",
 ) -> ServerState:
-    state = ServerState(server_id=server_id, servers=tuple(doc["servers"]), rng=doc["rng"], log=log)
-    state.snapshot = snapshot
-    for name in SCALARS:
-        setattr(state, name, doc[name])
-    state.role = Role(doc["role"])
-    state.votes = set(doc["votes"])
-    state.base_servers = tuple(doc["base_servers"])
-    state.reads = [PendingRead(*read) for read in doc["reads"]]
-    state.progress = {peer: Progress.from_json(p) for peer, p in doc["progress"].items()}
+    """The state `state_to_dict` stored, with its log (and snapshot, and the data received so
+    far of one being installed). One constructor call: every reload runs it."""
     incoming = doc["incoming"]
-    if incoming is not None:
-        state.incoming = IncomingSnapshot.from_json(incoming)
+    state = ServerState(
+        server_id=server_id,
+        servers=tuple(doc["servers"]),
+        rng=doc["rng"],
+        current_term=doc["current_term"],
+        voted_for=doc["voted_for"],
+        log=log,
+        log_start=doc["log_start"],
+        log_start_term=doc["log_start_term"],
+        commit_index=doc["commit_index"],
+        last_applied=doc["last_applied"],
+        role=Role(doc["role"]),
+        leader_id=doc["leader_id"],
+        votes=set(doc["votes"]),
+        progress={peer: Progress.from_json(p) for peer, p in doc["progress"].items()},
+        snapshot=snapshot,
+        incoming=None if incoming is None else IncomingSnapshot.from_json(incoming),
+        election_deadline=doc["election_deadline"],
+        heartbeat_deadline=doc["heartbeat_deadline"],
+        quorum_check_deadline=doc["quorum_check_deadline"],
+        leader_contact=doc["leader_contact"],
+        quiescent=doc["quiescent"],
+        read_round=doc["read_round"],
+        reads=[PendingRead(*read) for read in doc["reads"]],
+        transfer_to=doc["transfer_to"],
+        transfer_deadline=doc["transfer_deadline"],
+        base_servers=tuple(doc["base_servers"]),
+    )
+    if state.incoming is not None:
         state.incoming.data = incoming_data
     return state
