@@ -77,10 +77,12 @@ def linearizable(ops: Sequence[Operation], initial: Any = None) -> bool:
             return True
         if (done, state) in failed:
             return False
+        # Operations before the lowest one not yet linearized are all done.
+        lo = (~done & (done + 1)).bit_length() - 1
         # An operation can go next only if it was invoked before every unlinearized
         # operation's response (otherwise that one must come first).
-        bound = min(responses[i] for i in range(n) if not done >> i & 1)
-        for i in range(n):
+        bound = min(responses[i] for i in range(lo, n) if not done >> i & 1)
+        for i in range(lo, n):
             if invokes[i] > bound:
                 break  # sorted by invocation: so are all the rest
             if done >> i & 1:
