@@ -688,8 +688,8 @@ class RaftServer:
         """§5.3/§5.4.2: commit the highest index stored on a majority, but only if it is from
         the current term; earlier terms' entries commit indirectly (Figure 8)."""
         s = self.state
-        if s.role is not Role.LEADER:
-            return
+        if s.role is not Role.LEADER or s.commit_index >= s.last_index:
+            return  # nothing left to commit: no follower holds more than the leader
         own = [s.last_index] if s.server_id in s.servers else []
         matches = sorted([*own, *(p.match for p in s.progress.values())], reverse=True)
         candidate = matches[s.quorum - 1]
