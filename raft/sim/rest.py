@@ -1,0 +1,289 @@
+"""The settled cluster at rest, once faults have stopped and the liveness monitor cooled down
+(`Simulator.settle`): what users and operators rely on that no fault excuses any more.
+
+- `steady_load`: one client sends a command per heartbeat interval for an election timeout;
+  no server starts a term and the leader stays (stability), servers send no more messages
+  than heartbeats and the commands need (cost), and no follower goes a heartbeat interval
+  without hearing from the leader while it is awake (heartbeats).
+- `reconfigure`: adding back a server the faulty prefix left out, or else removing a
+  follower and adding it back (thesis §4.1): each change commits, the members catch up, and
+  no term starts.
+- `quiet`: left idle, the group quiesces: no term starts, the leader stays, heartbeats keep
+  coming until it quiesces, and servers send one another no more than the rounds quiescing
+  takes plus one check round per quiesce interval.
+- `transfer`: a leadership transfer an operator asks of the leader completes (thesis
+  §3.10): the target leads the next term before the leader's own deadline to give up.
+
+Each phase runs fair steps (oldest event first) until what it waits for holds or its
+virtual-time bound passes, which is a violation; steps are capped per virtual millisecond as
+in `Liveness`, so a message storm ends a phase too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from raft.core.messages import (
+    ChangeMembership,
+    Envelope,
+    TimeoutNow,
+    TransferLeadership,
+)
+from raft.core.server import MAX_FORWARD_HOPS
+from raft.sim.monitors import Stability
+
+if TYPE_CHECKING:
+    from raft.sim.simulator import Simulator
+
+HEARTBEATS = "heartbeats"
+QUIET = "quiescence"
+TRANSFER = "leadership-transfer"
+MEMBERSHIP = "membership-change"
+# Messages that ask for an election.
+ELECTIONS = (TransferLeadership, TimeoutNow)
+# Steps allowed per virtual millisecond before a phase counts as a message storm.
+STEPS_PER_MS = 10
+# Heartbeat rounds a leader may need to quiesce once the load stops: one to carry the last
+# command's commit, one to find the group settled, one for a request still in flight.
+ROUNDS_TO_QUIESCE = 3
+# Who asks for transfers and membership changes.
+OPERATOR = "operator"
+
+
+Check = Callable[[], "str | None"]
+
+
+def at_rest(sim: Simulator) -> None:
+    """The steady load, then the other phases, each leaving the cluster settled for the
+    next: only if no server is ahead of the leader's term (one left out of the
+    configuration may be: brought back, it would rightly force an election)."""
+    if not steady_load(sim):
+        return
+    leader = sim.leaders()[0]
+    if sim.views[leader].state["current_term"] != _newest_term(sim):
+        return
+    for phase in (reconfigure, quiet, transfer):
+        if sim.violation is not None:
+            return
+        phase(sim)
+
+
+def steady_load(sim: Simulator) -> bool:
+    """The settled cluster under a steady load for an election timeout: the stability, cost
+    and heartbeat monitors. Only if the network is fault-free by then, and no election was
+    asked for: a message a fault delayed, still in flight, arrives late and rightly makes the
+    leader probe again (or wakes a quiescent follower), and a leadership transfer an operator
+    asked for rightly starts a term; neither property can tell those from a server that
+    misbehaves. True if it ran without a violation."""
+    leader = sim.leaders()[0]
+    if (
+        not sim.clients
+        or sim.views[leader].state["transfer_to"]
+        or any(
+            item.time > sim.now or isinstance(item.envelope.message, ELECTIONS)
+            for item in sim.network.inflight
+            if item.envelope is not None
+        )
+    ):
+        return False
+    # Long enough for any follower whose timer the heartbeats fail to reset to time out.
+    window = sim.setup.election_timeout_max
+    stability = Stability(
+        _newest_term(sim),
+        leader,
+        sim.server_messages,
+        len(sim.network.inflight),
+        len(sim.servers),
+        window,
+        sim.config.heartbeat_interval,
+        MAX_FORWARD_HOPS,
+    )
+    heartbeats = _heartbeats(sim, leader)
+    load = sim.clients[0]
+    load.think_time = sim.config.heartbeat_interval
+    sim.issuing = True
+    sim.wake(load)
+    commit = sim.views[leader].state["commit_index"]
+    answered = len(load.done)
+    end = sim.now + window
+    while sim.violation is None and sim.next_time() <= end:
+        sim.step()
+        problem = stability.after_step(_newest_term(sim), sim.role_of(leader))
+        if problem:
+            sim.violate(stability.name, problem)
+        elif problem := heartbeats():
+            sim.violate(HEARTBEATS, problem)
+    sim.issuing = False
+    reads = sum(op.op == "get" for op in load.done[answered:])
+    rounds = sim.views[leader].state["commit_index"] - commit + reads
+    problem = stability.at_end(sim.server_messages, rounds)
+    if problem:
+        sim.violate(stability.cost, problem)
+    return sim.violation is None
+
+
+def _heartbeats(sim: Simulator, leader: str) -> Check:
+    """While the leader is awake (not quiescent), every member hears from it at least once
+    per heartbeat interval: it heartbeats each follower a heartbeat interval after it last
+    sent it anything, and the simulated host ticks it exactly at the deadline it stored, so
+    on a perfect network the gap is never longer (a leader's tick late by up to an
+    interval is what the minimum election timeout allows for on a real host)."""
+    interval = sim.config.heartbeat_interval
+    awake_since = sim.now
+
+    def check() -> str | None:
+        nonlocal awake_since
+        state = sim.views[leader].state
+        if state["quiescent"] or state["role"] != "leader":
+            awake_since = sim.now
+            return None
+        for server in state["servers"]:
+            if server == leader:
+                continue
+            heard = max(sim.views[server].state.get("leader_contact", 0), awake_since)
+            if sim.now - heard > interval:
+                return (
+                    f"{server} had heard nothing from leader {leader} for {sim.now - heard} "
+                    f"virtual ms, more than a heartbeat interval ({interval})"
+                )
+        return None
+
+    return check
+
+
+def _newest_term(sim: Simulator) -> int:
+    return max(int(sim.views[s].state.get("current_term", 0)) for s in sim.servers)
+
+
+def _stable(sim: Simulator, leader: str) -> Check:
+    """No new term, and `leader` stays leader."""
+    term = sim.views[leader].state["current_term"]
+
+    def check() -> str | None:
+        newest = _newest_term(sim)
+        if newest != term:
+            return f"term {newest} started after term {term}, with no fault and the leader up"
+        role = sim.role_of(leader)
+        if role != "leader":
+            return f"leader {leader} became {role} with no fault"
+        return None
+
+    return check
+
+
+def _run(sim: Simulator, prop: str, bound_ms: int, done: Check, check: Check | None = None) -> bool:
+    """Fair steps until `done()` returns None (True), or a violation of `prop`: `done`'s
+    last answer once `bound_ms` virtual ms have passed, or `check`'s answer after a step."""
+    end, first_step = sim.now + bound_ms, sim.step_no
+    while sim.violation is None:
+        waiting = done()
+        if waiting is None:
+            return True
+        if sim.next_time() > end:
+            sim.violate(prop, f"{waiting} {bound_ms} virtual ms into a rest with no fault")
+            return False
+        if sim.step_no - first_step > bound_ms * STEPS_PER_MS:
+            sim.violate(prop, f"{waiting} after {bound_ms * STEPS_PER_MS} steps: a message storm")
+            return False
+        sim.step()
+        problem = check() if check is not None else None
+        if problem:
+            sim.violate(prop, problem)
+    return False
+
+
+def _settled(sim: Simulator) -> Check:
+    return sim.unfinished
+
+
+def quiet(sim: Simulator) -> None:
+    """No load for two quiesce intervals plus an election timeout: long enough for a
+    follower whose timer quiescence fails to extend to time out, and for a leader that
+    misses its check rounds to lose its followers."""
+    config = sim.config
+    if not config.quiesce:
+        return
+    leader = sim.leaders()[0]
+    window = 2 * config.quiesce_interval + config.election_timeout_max
+    followers = len(sim.views[leader].state["servers"]) - 1
+    rounds = ROUNDS_TO_QUIESCE + window // config.quiesce_interval + 1
+    bound = 2 * followers * rounds + len(sim.network.inflight)
+    sent = sim.server_messages
+    stable, heartbeats = _stable(sim, leader), _heartbeats(sim, leader)
+    end = sim.now + window
+
+    def until_end() -> str | None:
+        return None if sim.next_time() > end else "the window is not over"
+
+    def check() -> str | None:
+        return stable() or heartbeats()
+
+    if not _run(sim, QUIET, window + 1, until_end, check):
+        return
+    sent = sim.server_messages - sent
+    if sent > bound:
+        sim.violate(
+            QUIET,
+            f"servers sent {sent} messages in {window} idle virtual ms, more than the {bound} "
+            f"that quiescing and a check round per {config.quiesce_interval} ms need",
+        )
+
+
+def transfer(sim: Simulator) -> None:
+    """An operator asks the leader to hand over to a follower of its configuration (which
+    one rotates with the schedule); the target must lead the next term within the leader's
+    deadline for the transfer (an election timeout)."""
+    leader = sim.leaders()[0]
+    state = sim.views[leader].state
+    term = state["current_term"]
+    peers = [s for s in state["servers"] if s != leader]
+    if not peers:
+        return
+    target = peers[sim.spec.index % len(peers)]
+    sim.enqueue(Envelope(OPERATOR, leader, TransferLeadership(target)))
+
+    def led() -> str | None:
+        if sim.role_of(target) == "leader" and sim.views[target].state["current_term"] > term:
+            return None
+        return f"{target} was not leader after {leader} of term {term} was asked to hand over"
+
+    if _run(sim, TRANSFER, sim.config.election_timeout_max, led):
+        _run(sim, TRANSFER, sim.setup.liveness_ms, _settled(sim))
+
+
+def reconfigure(sim: Simulator) -> None:
+    """Add back a server the faulty prefix left out of the configuration, or else remove a
+    follower and add it back: each change commits on the leader, and then every member
+    applies the leader's log. The configuration ends with every server in it."""
+    leader = sim.leaders()[0]
+    servers = sim.views[leader].state["servers"]
+    missing = [s for s in sim.servers if s not in servers]
+    if missing:
+        changes = [(missing[sim.spec.index % len(missing)], True)]
+    elif len(servers) > 3:
+        followers = [s for s in servers if s != leader]
+        server = followers[sim.spec.index % len(followers)]
+        changes = [(server, False), (server, True)]
+    else:
+        return
+    stable = _stable(sim, leader)
+    for server, add in changes:
+        if not _change(sim, leader, server, add, stable):
+            return
+
+
+def _change(sim: Simulator, leader: str, server: str, add: bool, stable: Check) -> bool:
+    sim.enqueue(Envelope(OPERATOR, leader, ChangeMembership(server, add)))
+    verb = "adding" if add else "removing"
+
+    def committed() -> str | None:
+        state = sim.views[leader].state
+        if (server in state["servers"]) == add and state["config_index"] <= state["commit_index"]:
+            return None
+        return f"{leader} had not committed {verb} {server}"
+
+    bound = sim.config.election_timeout_max
+    return _run(sim, MEMBERSHIP, bound, committed, stable) and _run(
+        sim, MEMBERSHIP, sim.setup.liveness_ms, _settled(sim), stable
+    )

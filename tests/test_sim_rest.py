@@ -1,0 +1,55 @@
+"""The phases at rest (raft/sim/rest.py): once faults stop and the cluster settles, a server
+that does not do what users and operators rely on on a perfect network is reported, by the
+default portfolio within a few schedules (every fourth is fair, and only fair ones rest)."""
+
+from __future__ import annotations
+
+from raft.core.messages import ChangeMembership, TransferLeadership
+from raft.core.server import RaftServer
+from raft.sim.runner import RunOptions, explore
+from raft.sim.schedule import SimSetup
+
+
+class IgnoresTransfers(RaftServer):
+    def on_transfer_leadership(self, m: TransferLeadership, now: int) -> None:
+        return
+
+
+class IgnoresMembershipChanges(RaftServer):
+    def on_change_membership(self, m: ChangeMembership) -> None:
+        return
+
+
+class NeverQuiesces(RaftServer):
+    def settled(self) -> bool:
+        return False
+
+
+class HeartbeatsLate(RaftServer):
+    """Arms its heartbeat an interval later than the follower that falls due first."""
+
+    def rearm_heartbeat(self, now: int) -> None:
+        super().rearm_heartbeat(now)
+        self.state.heartbeat_deadline += self.config.heartbeat_interval
+
+
+def _violated(factory: str, iterations: int = 40) -> str | None:
+    setup = SimSetup(target=f"{__name__}:{factory}")
+    failure = explore(RunOptions(setup, seed=0, iterations=iterations)).failure
+    return failure.violation.property if failure else None
+
+
+def test_a_leader_that_ignores_a_transfer_request_at_rest_is_reported() -> None:
+    assert _violated("IgnoresTransfers") == "leadership-transfer"
+
+
+def test_a_leader_that_ignores_a_membership_change_at_rest_is_reported() -> None:
+    assert _violated("IgnoresMembershipChanges") == "membership-change"
+
+
+def test_a_leader_that_never_quiesces_when_idle_is_reported() -> None:
+    assert _violated("NeverQuiesces") == "quiescence"
+
+
+def test_a_leader_that_heartbeats_later_than_the_interval_is_reported() -> None:
+    assert _violated("HeartbeatsLate") == "heartbeats"
