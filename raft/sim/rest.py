@@ -3,8 +3,9 @@
 
 - `steady_load`: one client sends a command per heartbeat interval for an election timeout;
   no server starts a term and the leader stays (stability), servers send no more messages
-  than heartbeats and the commands need (cost), and no follower goes a heartbeat interval
-  without hearing from the leader while it is awake (heartbeats).
+  than heartbeats and the commands need (cost), no follower goes a heartbeat interval
+  without hearing from the leader while it is awake (heartbeats), and in the end every
+  member follows the leader and names it (followers).
 - `reconfigure`: adding back a server the faulty prefix left out, or else removing a
   follower and adding it back (thesis §4.1): each change commits, the members catch up, and
   no term starts.
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from raft.sim.simulator import Simulator
 
 HEARTBEATS = "heartbeats"
+FOLLOWERS = "followers"
 QUIET = "quiescence"
 TRANSFER = "leadership-transfer"
 MEMBERSHIP = "membership-change"
@@ -120,7 +122,25 @@ def steady_load(sim: Simulator) -> bool:
     problem = stability.at_end(sim.server_messages, rounds)
     if problem:
         sim.violate(stability.cost, problem)
+    elif problem := _following(sim, leader):
+        sim.violate(FOLLOWERS, problem)
     return sim.violation is None
+
+
+def _following(sim: Simulator, leader: str) -> str | None:
+    """After heartbeats every interval for an election timeout, every member is a follower
+    that names the leader (where it forwards clients), and the leader names itself (what
+    it tells clients): §5.2's candidates and stale leaders hearing of the leader step down,
+    and no member's timer ran out since its last heartbeat."""
+    for server in sim.views[leader].state["servers"]:
+        state = sim.views[server].state
+        role = "leader" if server == leader else "follower"
+        if state["role"] != role or state["leader_id"] != leader:
+            return (
+                f"{server} is {state['role']} and names {state['leader_id'] or 'no one'} as "
+                f"leader after an election timeout of heartbeats from leader {leader}"
+            )
+    return None
 
 
 def _heartbeats(sim: Simulator, leader: str) -> Check:
