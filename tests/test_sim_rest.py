@@ -4,8 +4,9 @@ default portfolio within a few schedules (every fourth is fair, and only fair on
 
 from __future__ import annotations
 
-from raft.core.messages import ChangeMembership, TransferLeadership
+from raft.core.messages import AppendEntries, ChangeMembership, InstallSnapshot, TransferLeadership
 from raft.core.server import RaftServer
+from raft.core.state import Role
 from raft.sim.runner import RunOptions, explore
 from raft.sim.schedule import SimSetup
 
@@ -53,3 +54,17 @@ def test_a_leader_that_never_quiesces_when_idle_is_reported() -> None:
 
 def test_a_leader_that_heartbeats_later_than_the_interval_is_reported() -> None:
     assert _violated("HeartbeatsLate") == "heartbeats"
+
+
+class CandidateHearingTheLeaderStaysCandidate(RaftServer):
+    """Follows the leader it hears from, but keeps the candidate role (§5.2 says step down)."""
+
+    def hear_from_leader(self, m: AppendEntries | InstallSnapshot, now: int) -> None:
+        role = self.state.role
+        super().hear_from_leader(m, now)
+        if role is Role.CANDIDATE:
+            self.state.role = role
+
+
+def test_a_candidate_that_keeps_its_role_under_a_leader_is_reported() -> None:
+    assert _violated("CandidateHearingTheLeaderStaysCandidate", iterations=100) == "followers"
