@@ -68,3 +68,15 @@ class CandidateHearingTheLeaderStaysCandidate(RaftServer):
 
 def test_a_candidate_that_keeps_its_role_under_a_leader_is_reported() -> None:
     assert _violated("CandidateHearingTheLeaderStaysCandidate", iterations=100) == "followers"
+
+
+class KeepsTimersFromAClockAhead(RaftServer):
+    """Never pulls back deadlines stored by an instance whose clock ran ahead."""
+
+    def clamp_timers(self, now: int) -> None:
+        if self.state.election_deadline == 0:
+            self.reset_election_timer(now)
+
+
+def test_a_leader_silenced_by_its_clock_jumping_back_is_reported() -> None:
+    assert _violated("KeepsTimersFromAClockAhead") == "clock-jump"

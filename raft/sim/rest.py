@@ -14,6 +14,8 @@
   takes plus one check round per quiesce interval.
 - `transfer`: a leadership transfer an operator asks of the leader completes (thesis
   §3.10): the target leads the next term before the leader's own deadline to give up.
+- `clock_jumps`: the leader's clock jumps back, then a follower's forward, by the faulty
+  prefix's largest skew: no term starts and the leader stays.
 
 Each phase runs fair steps (oldest event first) until what it waits for holds or its
 virtual-time bound passes, which is a violation; steps are capped per virtual millisecond as
@@ -32,6 +34,7 @@ from raft.core.messages import (
     TransferLeadership,
 )
 from raft.core.server import MAX_FORWARD_HOPS
+from raft.sim.injector import SKEWS
 from raft.sim.monitors import Stability
 
 if TYPE_CHECKING:
@@ -42,6 +45,7 @@ FOLLOWERS = "followers"
 QUIET = "quiescence"
 TRANSFER = "leadership-transfer"
 MEMBERSHIP = "membership-change"
+CLOCK_JUMP = "clock-jump"
 # Messages that ask for an election.
 ELECTIONS = (TransferLeadership, TimeoutNow)
 # Steps allowed per virtual millisecond before a phase counts as a message storm.
@@ -65,7 +69,7 @@ def at_rest(sim: Simulator) -> None:
     leader = sim.leaders()[0]
     if sim.views[leader].state["current_term"] != _newest_term(sim):
         return
-    for phase in (reconfigure, quiet, transfer):
+    for phase in (reconfigure, quiet, transfer, clock_jumps):
         if sim.violation is not None:
             return
         phase(sim)
@@ -176,17 +180,17 @@ def _newest_term(sim: Simulator) -> int:
     return max(int(sim.views[s].state.get("current_term", 0)) for s in sim.servers)
 
 
-def _stable(sim: Simulator, leader: str) -> Check:
+def _stable(sim: Simulator, leader: str, cause: str = "with no fault") -> Check:
     """No new term, and `leader` stays leader."""
     term = sim.views[leader].state["current_term"]
 
     def check() -> str | None:
         newest = _newest_term(sim)
         if newest != term:
-            return f"term {newest} started after term {term}, with no fault and the leader up"
+            return f"term {newest} started after term {term}, {cause} and the leader up"
         role = sim.role_of(leader)
         if role != "leader":
-            return f"leader {leader} became {role} with no fault"
+            return f"leader {leader} became {role} {cause}"
         return None
 
     return check
@@ -213,33 +217,43 @@ def _run(sim: Simulator, prop: str, bound_ms: int, done: Check, check: Check | N
     return False
 
 
+def _run_for(sim: Simulator, prop: str, ms: int, check: Check) -> bool:
+    """Fair steps for `ms` virtual ms, or until `check` reports a violation of `prop`."""
+    end = sim.now + ms
+
+    def over() -> str | None:
+        return None if sim.next_time() > end else "the window was not over"
+
+    return _run(sim, prop, ms + 1, over, check)
+
+
 def _settled(sim: Simulator) -> Check:
     return sim.unfinished
 
 
 def quiet(sim: Simulator) -> None:
-    """No load for two quiesce intervals plus an election timeout: long enough for a
-    follower whose timer quiescence fails to extend to time out, and for a leader that
-    misses its check rounds to lose its followers."""
+    """No load for the rounds quiescing takes, a quiesce interval and an election timeout:
+    long enough for a follower whose timer quiescence fails to extend to time out, and for a
+    leader that misses its check round to lose its followers."""
     config = sim.config
     if not config.quiesce:
         return
     leader = sim.leaders()[0]
-    window = 2 * config.quiesce_interval + config.election_timeout_max
+    window = (
+        ROUNDS_TO_QUIESCE * config.heartbeat_interval
+        + config.quiesce_interval
+        + config.election_timeout_max
+    )
     followers = len(sim.views[leader].state["servers"]) - 1
     rounds = ROUNDS_TO_QUIESCE + window // config.quiesce_interval + 1
     bound = 2 * followers * rounds + len(sim.network.inflight)
     sent = sim.server_messages
     stable, heartbeats = _stable(sim, leader), _heartbeats(sim, leader)
-    end = sim.now + window
-
-    def until_end() -> str | None:
-        return None if sim.next_time() > end else "the window is not over"
 
     def check() -> str | None:
         return stable() or heartbeats()
 
-    if not _run(sim, QUIET, window + 1, until_end, check):
+    if not _run_for(sim, QUIET, window, check):
         return
     sent = sim.server_messages - sent
     if sent > bound:
@@ -307,3 +321,48 @@ def _change(sim: Simulator, leader: str, server: str, add: bool, stable: Check) 
     return _run(sim, MEMBERSHIP, bound, committed, stable) and _run(
         sim, MEMBERSHIP, sim.setup.liveness_ms, _settled(sim), stable
     )
+
+
+def clock_jumps(sim: Simulator) -> None:
+    """Function instances run on machines whose clocks disagree, by as much as the faulty
+    prefix's largest skew. With the group awake (a client's command wakes it), the leader's
+    clock jumps back by that much: the deadlines and send times it stored now lie ahead, and
+    it must pull them back (`clamp_timers`) rather than fall silent long enough for its
+    followers to elect another; no term may start and the leader must stay for an election
+    timeout and a heartbeat interval. Then, the group awake again, a follower's clock jumps
+    forward by as much: its timer runs out at once, and its pre-vote must fail, since every
+    other member heard from the leader within the minimum election timeout (the leader
+    lease, thesis §4.2.3): no term may start within a heartbeat interval."""
+    config = sim.config
+    jump = max(SKEWS)
+    leader = sim.leaders()[0]
+    followers = [s for s in sim.views[leader].state["servers"] if s != leader]
+    if not followers or not sim.clients:
+        return
+    follower = followers[sim.spec.index % len(followers)]
+    windows = (config.election_timeout_max + config.heartbeat_interval, config.heartbeat_interval)
+    for (server, offset), window in zip(((leader, -jump), (follower, jump)), windows, strict=True):
+        if not _awaken(sim, leader):
+            return
+        sim.set_skew(server, offset)
+        cause = f"after {server}'s clock jumped {offset:+d} ms"
+        if not _run_for(sim, CLOCK_JUMP, window, _stable(sim, leader, cause)):
+            return
+
+
+def _awaken(sim: Simulator, leader: str) -> bool:
+    """One command from the load client, run until every member is awake (it was, or the
+    command woke it: the leader on receiving it, followers on the entry that follows)."""
+    load = sim.clients[0]
+    sim.issuing = True
+    sim.wake(load)
+
+    def awake() -> str | None:
+        members = sim.views[leader].state["servers"]
+        asleep = [s for s in members if sim.views[s].state["quiescent"]]
+        return f"{', '.join(asleep)} did not wake for a command" if asleep else None
+
+    try:
+        return _run(sim, CLOCK_JUMP, sim.setup.client_timeout, awake)
+    finally:
+        sim.issuing = False
