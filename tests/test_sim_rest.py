@@ -49,7 +49,7 @@ def test_a_leader_that_ignores_a_membership_change_at_rest_is_reported() -> None
 
 
 def test_a_leader_that_never_quiesces_when_idle_is_reported() -> None:
-    assert _violated("NeverQuiesces") == "quiescence"
+    assert _violated("NeverQuiesces") == "idle"
 
 
 def test_a_leader_that_heartbeats_later_than_the_interval_is_reported() -> None:

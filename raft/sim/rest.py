@@ -24,8 +24,8 @@ in `Liveness`, so a message storm ends a phase too.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from raft.core.messages import (
     ChangeMembership,
@@ -34,15 +34,45 @@ from raft.core.messages import (
     TransferLeadership,
 )
 from raft.core.server import MAX_FORWARD_HOPS
+from raft.core.state import Config
+from raft.sim.clients import SimClient
 from raft.sim.injector import SKEWS
-from raft.sim.monitors import Stability
+from raft.sim.monitors import Stability, Violation
+from raft.sim.network import Network
+from raft.sim.schedule import ScheduleSpec, SimSetup
+from raft.sim.storage import PersistedView
 
-if TYPE_CHECKING:
-    from raft.sim.simulator import Simulator
+
+class Simulator(Protocol):
+    """What the phases need of the simulator."""
+
+    setup: SimSetup
+    spec: ScheduleSpec
+    config: Config
+    servers: tuple[str, ...]
+    views: dict[str, PersistedView]
+    clients: list[SimClient]
+    network: Network
+    now: int
+    step_no: int
+    server_messages: int
+    issuing: bool
+    violation: Violation | None
+
+    def step(self) -> None: ...
+    def next_time(self) -> int: ...
+    def violate(self, prop: str, message: str) -> None: ...
+    def leaders(self) -> list[str]: ...
+    def role_of(self, server: str) -> str: ...
+    def unfinished(self) -> str | None: ...
+    def enqueue(self, envelope: Envelope) -> None: ...
+    def wake(self, client: SimClient) -> None: ...
+    def set_skew(self, server: str, offset: int) -> None: ...
+
 
 HEARTBEATS = "heartbeats"
 FOLLOWERS = "followers"
-QUIET = "quiescence"
+QUIET = "idle"
 TRANSFER = "leadership-transfer"
 MEMBERSHIP = "membership-change"
 CLOCK_JUMP = "clock-jump"
@@ -95,8 +125,9 @@ def steady_load(sim: Simulator) -> bool:
         return False
     # Long enough for any follower whose timer the heartbeats fail to reset to time out.
     window = sim.setup.election_timeout_max
+    members = _members(sim, leader)
     stability = Stability(
-        _newest_term(sim),
+        _newest_term(sim, members),
         leader,
         sim.server_messages,
         len(sim.network.inflight),
@@ -115,7 +146,7 @@ def steady_load(sim: Simulator) -> bool:
     end = sim.now + window
     while sim.violation is None and sim.next_time() <= end:
         sim.step()
-        problem = stability.after_step(_newest_term(sim), sim.role_of(leader))
+        problem = stability.after_step(_newest_term(sim, members), sim.role_of(leader))
         if problem:
             sim.violate(stability.name, problem)
         elif problem := heartbeats():
@@ -176,16 +207,25 @@ def _heartbeats(sim: Simulator, leader: str) -> Check:
     return check
 
 
-def _newest_term(sim: Simulator) -> int:
-    return max(int(sim.views[s].state.get("current_term", 0)) for s in sim.servers)
+def _newest_term(sim: Simulator, servers: Sequence[str] | None = None) -> int:
+    """The newest term of `servers` (all of them by default)."""
+    chosen = sim.servers if servers is None else servers
+    return max(int(sim.views[s].state.get("current_term", 0)) for s in chosen)
+
+
+def _members(sim: Simulator, leader: str) -> tuple[str, ...]:
+    """The servers of the leader's configuration. One left out campaigns when its timer runs
+    out, in vain (members ignore it), and without pre-vote raises its own term each time."""
+    return tuple(sim.views[leader].state["servers"])
 
 
 def _stable(sim: Simulator, leader: str, cause: str = "with no fault") -> Check:
-    """No new term, and `leader` stays leader."""
+    """No member of the leader's configuration starts a term, and `leader` stays leader."""
     term = sim.views[leader].state["current_term"]
+    members = _members(sim, leader)
 
     def check() -> str | None:
-        newest = _newest_term(sim)
+        newest = _newest_term(sim, members)
         if newest != term:
             return f"term {newest} started after term {term}, {cause} and the leader up"
         role = sim.role_of(leader)
@@ -234,18 +274,25 @@ def _settled(sim: Simulator) -> Check:
 def quiet(sim: Simulator) -> None:
     """No load for the rounds quiescing takes, a quiesce interval and an election timeout:
     long enough for a follower whose timer quiescence fails to extend to time out, and for a
-    leader that misses its check round to lose its followers."""
+    leader that misses its check round to lose its followers. Without quiescence, for an
+    election timeout and a heartbeat interval, at most a heartbeat round per interval (and
+    one more for the interval the window starts in). Only with every server a member: one
+    left out campaigns, in vain, and its messages count."""
     config = sim.config
-    if not config.quiesce:
-        return
     leader = sim.leaders()[0]
-    window = (
-        ROUNDS_TO_QUIESCE * config.heartbeat_interval
-        + config.quiesce_interval
-        + config.election_timeout_max
-    )
     followers = len(sim.views[leader].state["servers"]) - 1
-    rounds = ROUNDS_TO_QUIESCE + window // config.quiesce_interval + 1
+    if followers + 1 < len(sim.servers):
+        return
+    if config.quiesce:
+        window = (
+            ROUNDS_TO_QUIESCE * config.heartbeat_interval
+            + config.quiesce_interval
+            + config.election_timeout_max
+        )
+        rounds = ROUNDS_TO_QUIESCE + window // config.quiesce_interval + 1
+    else:
+        window = config.election_timeout_max + config.heartbeat_interval
+        rounds = window // config.heartbeat_interval + 1
     bound = 2 * followers * rounds + len(sim.network.inflight)
     sent = sim.server_messages
     stable, heartbeats = _stable(sim, leader), _heartbeats(sim, leader)
@@ -260,7 +307,7 @@ def quiet(sim: Simulator) -> None:
         sim.violate(
             QUIET,
             f"servers sent {sent} messages in {window} idle virtual ms, more than the {bound} "
-            f"that quiescing and a check round per {config.quiesce_interval} ms need",
+            f"that {rounds} heartbeat rounds need",
         )
 
 
@@ -289,7 +336,11 @@ def transfer(sim: Simulator) -> None:
 def reconfigure(sim: Simulator) -> None:
     """Add back a server the faulty prefix left out of the configuration, or else remove a
     follower and add it back: each change commits on the leader, and then every member
-    applies the leader's log. The configuration ends with every server in it."""
+    applies the leader's log. The configuration ends with every server in it. Only with
+    pre-vote: without it a removed server raises its term each time its timer runs out, and
+    added back it rightly forces an election."""
+    if not sim.config.pre_vote:
+        return
     leader = sim.leaders()[0]
     servers = sim.views[leader].state["servers"]
     missing = [s for s in sim.servers if s not in servers]
@@ -332,7 +383,8 @@ def clock_jumps(sim: Simulator) -> None:
     timeout and a heartbeat interval. Then, the group awake again, a follower's clock jumps
     forward by as much: its timer runs out at once, and its pre-vote must fail, since every
     other member heard from the leader within the minimum election timeout (the leader
-    lease, thesis §4.2.3): no term may start within a heartbeat interval."""
+    lease, thesis §4.2.3): no term may start within a heartbeat interval. (Without pre-vote
+    or check-quorum, and so without the lease, the follower's election is rightful.)"""
     config = sim.config
     jump = max(SKEWS)
     leader = sim.leaders()[0]
@@ -340,8 +392,10 @@ def clock_jumps(sim: Simulator) -> None:
     if not followers or not sim.clients:
         return
     follower = followers[sim.spec.index % len(followers)]
-    windows = (config.election_timeout_max + config.heartbeat_interval, config.heartbeat_interval)
-    for (server, offset), window in zip(((leader, -jump), (follower, jump)), windows, strict=True):
+    jumps = [((leader, -jump), config.election_timeout_max + config.heartbeat_interval)]
+    if config.pre_vote and config.check_quorum:
+        jumps.append(((follower, jump), config.heartbeat_interval))
+    for (server, offset), window in jumps:
         if not _awaken(sim, leader):
             return
         sim.set_skew(server, offset)

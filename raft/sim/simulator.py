@@ -88,7 +88,7 @@ class Simulator:
         self.server_set = frozenset(self.servers)
         self.quorum = len(self.servers) // 2 + 1
         self.max_down = self.quorum - 1
-        self.config = setup.config()
+        self.config = spec.config(setup)
         self.now = 0
         self.step_no = 0
         self.seq = 0
