@@ -9,9 +9,10 @@
 - `reconfigure`: adding back a server the faulty prefix left out, or else removing a
   follower and adding it back (thesis §4.1): each change commits, the members catch up, and
   no term starts.
-- `quiet`: left idle, the group quiesces: no term starts, the leader stays, heartbeats keep
-  coming until it quiesces, and servers send one another no more than the rounds quiescing
-  takes plus one check round per quiesce interval.
+- `quiet` (property `idle`): left idle, the group quiesces: no term starts, the leader
+  stays, heartbeats keep coming until it quiesces, and servers send one another no more than
+  the rounds quiescing takes plus one check round per quiesce interval (without quiescence,
+  a heartbeat round per interval).
 - `transfer`: a leadership transfer an operator asks of the leader completes (thesis
   §3.10): the target leads the next term before the leader's own deadline to give up.
 - `clock_jumps`: the leader's clock jumps back, then a follower's forward, by the faulty
