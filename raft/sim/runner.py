@@ -21,7 +21,15 @@ from raft.sim.monitors import Violation
 from raft.sim.schedule import Outcome, ScheduleSpec, SimSetup
 from raft.sim.shrink import shrink
 from raft.sim.simulator import Simulator
-from raft.sim.strategies import PORTFOLIO, STRATEGIES, Live, Recorder, Replayer, Strategy
+from raft.sim.strategies import (
+    PORTFOLIO,
+    STRATEGIES,
+    Live,
+    Recorder,
+    Replayer,
+    Strategy,
+    features,
+)
 
 STRATEGY_CHOICES = ("portfolio", "swarm", *PORTFOLIO)
 # Schedules per unit of work handed to a process (fixed, so results never depend on -j).
@@ -39,7 +47,9 @@ class RunOptions:
 
 def schedule(options: RunOptions, index: int) -> tuple[ScheduleSpec, Strategy]:
     """Schedule `index` of a run. The portfolio rotates the strategies and alternates the
-    default fault plan with swarm plans; `swarm` rotates the strategies, always swarmed."""
+    default fault plan with swarm plans; `swarm` rotates the strategies, always swarmed.
+    Either way blocks of schedules turn Raft's optional mechanisms off in turn
+    (`strategies.features`)."""
     rng = random.Random(f"raft-sim:{options.seed}:{index}")
     name = options.strategy
     swarm = name == "swarm"
@@ -55,6 +65,7 @@ def schedule(options: RunOptions, index: int) -> tuple[ScheduleSpec, Strategy]:
         plan=plan,
         node_seed=rng.getrandbits(32),
         fair_suffix=strategy.fair_suffix,
+        **features(index),
     )
     return spec, strategy
 

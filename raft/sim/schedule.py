@@ -3,7 +3,7 @@ what one schedule was drawn with (`ScheduleSpec`), and what it came to (`Outcome
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from raft.core.state import Config
@@ -80,6 +80,18 @@ class ScheduleSpec:
     plan: FaultPlan
     node_seed: int
     fair_suffix: bool
+    # The optional mechanisms the servers run with (all on in production).
+    pre_vote: bool = True
+    check_quorum: bool = True
+    quiesce: bool = True
+
+    def config(self, setup: SimSetup) -> Config:
+        return replace(
+            setup.config(),
+            pre_vote=self.pre_vote,
+            check_quorum=self.check_quorum,
+            quiesce=self.quiesce,
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -89,6 +101,9 @@ class ScheduleSpec:
             "plan": self.plan.to_json(),
             "node_seed": self.node_seed,
             "fair_suffix": self.fair_suffix,
+            "pre_vote": self.pre_vote,
+            "check_quorum": self.check_quorum,
+            "quiesce": self.quiesce,
         }
 
     @classmethod

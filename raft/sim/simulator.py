@@ -21,10 +21,8 @@ from raft.core.messages import (
     ChangeMembership,
     ClientResponse,
     Envelope,
-    TimeoutNow,
     TransferLeadership,
 )
-from raft.core.server import MAX_FORWARD_HOPS
 from raft.core.wire import KIND_OF
 from raft.node.handler import NodeOptions
 from raft.sim.clients import ClientProtocolError, SimClient
@@ -46,11 +44,11 @@ from raft.sim.monitors import (
     LogMatching,
     Monitor,
     SnapshotSafety,
-    Stability,
     StateMachineSafety,
     Violation,
 )
 from raft.sim.network import CLIENT, DELIVER, TICK, Network, Pending
+from raft.sim.rest import at_rest
 from raft.sim.schedule import Outcome, ScheduleSpec, SimSetup
 from raft.sim.storage import SaveEvent, WatchedStore
 from raft.sim.strategies import FAIR, Choices, Recorder
@@ -60,8 +58,6 @@ from raft.sim.variants import ServerFactory, resolve_handler, resolve_target
 NO_FAULTS = FaultPlan()
 # The sender of operators' requests (leadership transfers).
 OPERATOR = "operator"
-# Messages that ask for an election.
-ELECTIONS = (TransferLeadership, TimeoutNow)
 MESSAGE_TYPES: tuple[type, ...] = tuple(KIND_OF)
 # The timer trigger ticks every server at least this often (virtual ms), whatever its stored
 # deadlines say, as Azure's timer function does (every second, against election timeouts of
@@ -92,7 +88,7 @@ class Simulator:
         self.server_set = frozenset(self.servers)
         self.quorum = len(self.servers) // 2 + 1
         self.max_down = self.quorum - 1
-        self.config = setup.config()
+        self.config = spec.config(setup)
         self.now = 0
         self.step_no = 0
         self.seq = 0
@@ -192,7 +188,7 @@ class Simulator:
             self.stop_faults()
             self.settle()
             if self.violation is None:
-                self.rest()
+                at_rest(self)
         return self.outcome()
 
     def settle(self) -> None:
@@ -206,58 +202,6 @@ class Simulator:
             problem = self.liveness.after_step(self.now, self.step_no, unfinished)
             if problem:
                 self.violate(self.liveness.name, problem)
-
-    def rest(self) -> None:
-        """The settled cluster under a steady load for a while: the stability and cost
-        monitors. Only if the network is fault-free by then, and no election was asked for:
-        a message a fault delayed, still in flight, arrives late and rightly makes the leader
-        probe again (or wakes a quiescent follower), and a leadership transfer an operator
-        asked for rightly starts a term; neither property can tell those from a server that
-        misbehaves."""
-        leader = self.leaders()[0]
-        if (
-            not self.clients
-            or self.views[leader].state["transfer_to"]
-            or any(
-                item.time > self.now or isinstance(item.envelope.message, ELECTIONS)
-                for item in self.network.inflight
-                if item.envelope is not None
-            )
-        ):
-            return
-        # Long enough for any follower whose timer the heartbeats fail to reset to time out.
-        window = self.setup.election_timeout_max
-        stability = Stability(
-            self._newest_term(),
-            leader,
-            self.server_messages,
-            len(self.network.inflight),
-            len(self.servers),
-            window,
-            self.config.heartbeat_interval,
-            MAX_FORWARD_HOPS,
-        )
-        load = self.clients[0]
-        load.think_time = self.config.heartbeat_interval
-        self.issuing = True
-        self.wake(load)
-        commit = self.views[leader].state["commit_index"]
-        answered = len(load.done)
-        end = self.now + window
-        while self.violation is None and self.next_time() <= end:
-            self.step()
-            problem = stability.after_step(self._newest_term(), self.role_of(leader))
-            if problem:
-                self.violate(stability.name, problem)
-        self.issuing = False
-        reads = sum(op.op == "get" for op in load.done[answered:])
-        rounds = self.views[leader].state["commit_index"] - commit + reads
-        problem = stability.at_end(self.server_messages, rounds)
-        if problem:
-            self.violate(stability.cost, problem)
-
-    def _newest_term(self) -> int:
-        return max(int(self.views[s].state.get("current_term", 0)) for s in self.servers)
 
     def unfinished(self) -> str | None:
         """What keeps the liveness monitor hot, or None: no leader, requests pending, or a

@@ -126,6 +126,25 @@ STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls for cls in (Strategy, ProbabilisticStrategy, PCTStrategy, FairPCTStrategy)
 }
 PORTFOLIO = ("random", "probabilistic", "pct", "fair-pct")
+# The optional Raft mechanisms schedules run without, in turn, a block of eight schedules (two
+# of each strategy, with either fault plan) at a time: half run production's options, the
+# rest each without one of them, so the paths they replace are tested too (a candidate
+# that campaigns without a pre-vote, a leader that heartbeats forever or never steps down
+# for want of a quorum).
+FEATURES: tuple[dict[str, bool], ...] = (
+    {},
+    {"quiesce": False},
+    {},
+    {"pre_vote": False},
+    {},
+    {"check_quorum": False},
+)
+FEATURE_BLOCK = 8
+
+
+def features(index: int) -> dict[str, bool]:
+    """The mechanisms schedule `index` turns off."""
+    return FEATURES[index // FEATURE_BLOCK % len(FEATURES)]
 
 
 # A recorded event is identity * RANKS + how many older events share its identity.
