@@ -357,3 +357,13 @@ def test_leader_that_steps_down_later_in_the_same_batch_sends_no_append_entries(
     out = sent(leader)
     assert leader.state.role is Role.FOLLOWER and leader.state.current_term == 9
     assert not [e for e in out if isinstance(e.message, AppendEntries)]
+
+
+def test_a_ready_after_persisting_a_log_change_reports_nothing_changed() -> None:
+    follower = server("s2", term=1, log=(1,))
+    follower.ready()
+    follower.persisted()
+    assert not follower.ready().changed  # takes a fingerprint of the state as it was
+    deliver(follower, "s1", append(1, "s1", 1, 1, entries(1, 1)[1:], commit=1), now=5)
+    follower.persisted()
+    assert not follower.ready().changed

@@ -273,6 +273,7 @@ class RaftServer:
                 self.become_follower(s.current_term, self._now)
         hard, stored = self._hard_state(), self._hard
         changed = self._log_changed_from is not None or bool(self._chunks)
+        self._ready_mark = None  # one taken by an earlier `ready` may be stale by now
         if not changed:
             self._ready_mark = self._fingerprint()
             changed = self._ready_mark != self._mark
