@@ -57,8 +57,9 @@ def parse_command(data: str) -> dict[str, Any]:
 
 
 # Every server parses each command several times (on receipt, to tell a read, to apply it),
-# and parsing is pure: the parsed command is shared among those calls, so it is never mutated
-# (nor is any value taken from it into the store). Bounded: 256 commands of at most 16 KiB.
+# and parsing is pure: the parsed command is shared among those calls (and among the state
+# machines of one process), so neither it nor a value the store takes from it is ever mutated
+# in place (put and cas replace a value). Bounded: 256 commands of at most 16 KiB.
 _parse_shared = functools.lru_cache(maxsize=256)(parse_command)
 
 

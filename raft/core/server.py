@@ -114,7 +114,6 @@ class RaftServer:
         self._installed: Snapshot | None = None
         self._confirmed: list[PendingRead] = []
         self._mark = self._fingerprint()
-        self._ready_mark: tuple[Any, ...] | None = None
         self._hard = self._hard_state()
 
     # ----------------------------------------------------------------- events
@@ -272,14 +271,11 @@ class RaftServer:
                 # change is committed.
                 self.become_follower(s.current_term, self._now)
         hard, stored = self._hard_state(), self._hard
-        changed = self._log_changed_from is not None or bool(self._chunks)
-        self._ready_mark = None  # one taken by an earlier `ready` may be stale by now
-        if not changed:
-            self._ready_mark = self._fingerprint()
-            changed = self._ready_mark != self._mark
         out = Ready(
             messages=tuple(self._out),
-            changed=changed,
+            changed=self._log_changed_from is not None
+            or bool(self._chunks)
+            or self._fingerprint() != self._mark,
             hard_state=None if hard == stored else HardState(*hard),
             log_changed_from=self._log_changed_from,
             snapshot_chunks=tuple(self._chunks),
@@ -297,14 +293,10 @@ class RaftServer:
     def applied_to(self, index: int) -> None:
         """The host applied the committed entries up to `index` to its state machine."""
         self.state.last_applied = index
-        self._ready_mark = None
 
     def persisted(self) -> None:
         """The host stored the state as it is now: later Readies report changes since."""
-        # The fingerprint `ready` took still holds unless the host applied or compacted since
-        # (the only changes a host makes between the two).
-        self._mark = self._ready_mark if self._ready_mark is not None else self._fingerprint()
-        self._ready_mark = None
+        self._mark = self._fingerprint()
         self._hard = self._hard_state()
 
     def _hard_state(self) -> tuple[int, ServerId, int]:
@@ -854,7 +846,6 @@ class RaftServer:
         s = self.state
         if snapshot.index > s.last_applied:
             raise ValueError(f"snapshot at {snapshot.index} is past last_applied {s.last_applied}")
-        self._ready_mark = None
         s.snapshot = snapshot
         start = max(s.log_start, snapshot.index - keep)
         if start > s.log_start:

@@ -105,7 +105,8 @@ class Progress:
     snapshot_offset: int = 0
 
     def key(self) -> tuple[Any, ...]:
-        """Every field, to compare cheaply (no enum value looked up)."""
+        """Every field, in the stored order: compared on every step, so without looking up
+        the mode's value."""
         return (
             self.next,
             self.match,
@@ -113,23 +114,14 @@ class Progress:
             self.inflight,
             self.last_sent,
             self.recent_active,
-            self.read_acked,
             self.snapshot_index,
             self.snapshot_offset,
+            self.read_acked,
         )
 
     def to_json(self) -> list[Any]:
-        return [
-            self.next,
-            self.match,
-            self.mode.value,
-            self.inflight,
-            self.last_sent,
-            self.recent_active,
-            self.snapshot_index,
-            self.snapshot_offset,
-            self.read_acked,
-        ]
+        next_, match, mode, *rest = self.key()
+        return [next_, match, mode.value, *rest]
 
     @classmethod
     def from_json(cls, doc: list[Any]) -> Progress:
