@@ -15,9 +15,10 @@ from raft.core.messages import (
     ClientStatus,
     Entry,
     Envelope,
+    InstallSnapshot,
 )
 from raft.core.server import RaftServer
-from raft.core.state import Role, ServerState
+from raft.core.state import Replication, Role, ServerState, Snapshot
 from tests.helpers import (
     CONFIG,
     SERVERS,
@@ -367,3 +368,22 @@ def test_a_ready_after_persisting_a_log_change_reports_nothing_changed() -> None
     deliver(follower, "s1", append(1, "s1", 1, 1, entries(1, 1)[1:], commit=1), now=5)
     follower.persisted()
     assert not follower.ready().changed
+
+
+def test_a_rejection_of_an_earlier_append_does_not_resend_the_snapshot_chunk_in_flight() -> None:
+    """Two pipelined AppendEntries to a follower that lacks compacted entries are both
+    rejected: the first rejection starts the snapshot, and the second, which answers an
+    AppendEntries and not the chunk, leaves the chunk in flight alone."""
+    leader = server("s1", term=1, log=(1, 1, 1, 1), commit=4)
+    leader.state.last_applied = 4
+    make_leader(leader)
+    leader.compact(Snapshot(4, 1, "0123456789", SERVERS[:3]))
+    progress = leader.state.progress["s3"]
+    progress.mode, progress.next, progress.inflight = Replication.REPLICATE, 6, 2
+    rejection = AppendEntriesResponse(2, "s3", False, conflict_index=1)
+
+    first = [m for m in deliver(leader, "s3", rejection) if isinstance(m, InstallSnapshot)]
+    second = deliver(leader, "s3", rejection)
+
+    assert [(m.last_index, m.offset) for m in first] == [(4, 0)]
+    assert second == []

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from raft.core.messages import AppendEntries, ChangeMembership, InstallSnapshot, TransferLeadership
 from raft.core.server import RaftServer
-from raft.core.state import Role
+from raft.core.state import Progress, Role
 from raft.sim.runner import RunOptions, explore
 from raft.sim.schedule import SimSetup
 
@@ -80,3 +80,16 @@ class KeepsTimersFromAClockAhead(RaftServer):
 
 def test_a_leader_silenced_by_its_clock_jumping_back_is_reported() -> None:
     assert _violated("KeepsTimersFromAClockAhead") == "clock-jump"
+
+
+class SendsSnapshotChunksTwice(RaftServer):
+    """Sends every snapshot chunk twice (a wasteful resend rule)."""
+
+    def send_snapshot_chunk(self, peer: str, p: Progress) -> None:
+        super().send_snapshot_chunk(peer, p)
+        if self._out and isinstance(self._out[-1].message, InstallSnapshot):
+            self._out.append(self._out[-1])
+
+
+def test_a_leader_that_sends_a_lagging_follower_each_snapshot_chunk_twice_is_reported() -> None:
+    assert _violated("SendsSnapshotChunksTwice") == "catch-up"

@@ -633,7 +633,10 @@ class RaftServer:
             return
         p = s.progress[sender]
         p.recent_active = True
-        p.inflight = max(0, p.inflight - 1)
+        if p.mode is not Replication.SNAPSHOT:
+            # While a snapshot is sent, `inflight` counts its chunk, which this does not answer
+            # (a rejection of an AppendEntries pipelined before would have it sent again).
+            p.inflight = max(0, p.inflight - 1)
         if m.read_round > p.read_acked:
             p.read_acked = m.read_round
             self.confirm_reads()
@@ -650,7 +653,7 @@ class RaftServer:
                 self.send(sender, TimeoutNow(s.current_term, s.server_id))
             p.next = max(p.next, p.match + 1)
             if p.mode is Replication.SNAPSHOT and p.match >= p.snapshot_index:
-                p.mode = Replication.PROBE
+                p.mode, p.inflight = Replication.PROBE, 0
             if p.mode is Replication.PROBE and p.next > s.log_start:
                 p.mode = Replication.REPLICATE
             self.maybe_advance_commit()

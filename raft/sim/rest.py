@@ -17,6 +17,8 @@
   §3.10): the target leads the next term before the leader's own deadline to give up.
 - `clock_jumps`: the leader's clock jumps back, then a follower's forward, by the faulty
   prefix's largest skew: no term starts and the leader stays.
+- `catch_up`: a follower cut off while commands commit, then reconnected, catches up at once
+  and with no more messages than the entries or snapshot chunks it lacks need.
 
 Each phase runs fair steps (oldest event first) until what it waits for holds or its
 virtual-time bound passes, which is a violation; steps are capped per virtual millisecond as
@@ -25,6 +27,7 @@ in `Liveness`, so a message storm ends a phase too.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -57,6 +60,7 @@ class Simulator(Protocol):
     now: int
     step_no: int
     server_messages: int
+    link_messages: Counter[tuple[str, str]]
     issuing: bool
     violation: Violation | None
 
@@ -69,6 +73,7 @@ class Simulator(Protocol):
     def enqueue(self, envelope: Envelope) -> None: ...
     def wake(self, client: SimClient) -> None: ...
     def set_skew(self, server: str, offset: int) -> None: ...
+    def snapshot_chars(self, server: str) -> int: ...
 
 
 HEARTBEATS = "heartbeats"
@@ -77,6 +82,7 @@ QUIET = "idle"
 TRANSFER = "leadership-transfer"
 MEMBERSHIP = "membership-change"
 CLOCK_JUMP = "clock-jump"
+CATCH_UP = "catch-up"
 # Messages that ask for an election.
 ELECTIONS = (TransferLeadership, TimeoutNow)
 # Steps allowed per virtual millisecond before a phase counts as a message storm.
@@ -100,7 +106,7 @@ def at_rest(sim: Simulator) -> None:
     leader = sim.leaders()[0]
     if sim.views[leader].state["current_term"] != _newest_term(sim):
         return
-    for phase in (reconfigure, quiet, transfer, clock_jumps):
+    for phase in (reconfigure, quiet, transfer, clock_jumps, catch_up):
         if sim.violation is not None:
             return
         phase(sim)
@@ -421,3 +427,88 @@ def _awaken(sim: Simulator, leader: str) -> bool:
         return _run(sim, CLOCK_JUMP, sim.setup.client_timeout, awake)
     finally:
         sim.issuing = False
+
+
+def catch_up(sim: Simulator) -> None:
+    """A follower cut off while the group commits commands, then reconnected, catches up
+    (thesis §3.5 and §5.3). From the leader's first message (its next heartbeat, when the
+    heartbeats monitor's bound applies), on a perfect network, the catch-up takes no
+    virtual time: it must not wait a heartbeat interval. And the leader and it may exchange
+    no more messages than the catch-up needs, each answered once: one AppendEntries
+    rejected (its answer's hint, the follower's last index, finds where the logs match),
+    one per `max_entries_per_message` entries the follower lacks, or the snapshot's chunks
+    and the entries after it. Every other schedule
+    commits enough commands for the leader to snapshot past the follower. Only with
+    pre-vote: without it the follower cut off raises its term, and reconnected rightly
+    forces an election."""
+    config = sim.config
+    if not config.pre_vote or not sim.clients:
+        return
+    leader = sim.leaders()[0]
+    followers = [s for s in sim.views[leader].state["servers"] if s != leader]
+    if len(followers) < 2:
+        return
+    follower = followers[sim.spec.index % len(followers)]
+    others = [s for s in sim.servers if s != follower]
+    sim.network.partition(
+        f"lone:{follower}", {(follower, s) for s in others} | {(s, follower) for s in others}
+    )
+    if not _commands(sim, 2 if sim.spec.node_seed % 2 else sim.setup.snapshot_every + 2):
+        return
+    state, lagging = sim.views[leader].state, sim.views[follower].state
+    target = state["commit_index"]
+    snapshot = lagging["last_index"] < state["log_start"]
+    entries = target - (state["log_start"] if snapshot else lagging["last_applied"])
+    chunks = -(-sim.snapshot_chars(leader) // config.snapshot_chunk_chars) if snapshot else 0
+    link = (leader, follower), (follower, leader)
+    sent, reached = sum(sim.link_messages[pair] for pair in link), sim.link_messages[link[0]]
+    sim.network.heal()
+    first: list[int] = []  # when the leader first sent it something after the heal
+
+    def caught_up() -> str | None:
+        if not first and sim.link_messages[link[0]] > reached:
+            first.append(sim.now)
+        applied = sim.views[follower].state["last_applied"]
+        if applied >= target:
+            return None
+        return f"{follower}, reconnected, had applied {applied} of the {target} committed"
+
+    stable = _stable(sim, leader, f"while {follower} caught up")
+    if not _run(sim, CATCH_UP, config.election_timeout_max, caught_up, stable):
+        return
+    took = sim.now - first[0]
+    interval = config.heartbeat_interval
+    if took >= interval:
+        sim.violate(
+            CATCH_UP,
+            f"{follower} took {took} virtual ms to catch up from the leader's first message, "
+            f"as long as a heartbeat interval ({interval}): the catch-up waited for heartbeats",
+        )
+        return
+    rounds = 1 + -(-entries // config.max_entries_per_message) + chunks
+    used = sum(sim.link_messages[pair] for pair in link) - sent
+    if used > 2 * rounds:
+        sim.violate(
+            CATCH_UP,
+            f"{leader} and {follower} exchanged {used} messages for a catch-up of {entries} "
+            f"entries and {chunks} snapshot chunks, more than the {2 * rounds} it needs",
+        )
+
+
+def _commands(sim: Simulator, count: int) -> bool:
+    """The load client's next `count` commands, back to back, all answered."""
+    load = sim.clients[0]
+    start, think_time = len(load.done), load.think_time
+    load.think_time = 1
+    sim.issuing = True
+    sim.wake(load)
+
+    def answered() -> str | None:
+        done = len(load.done) - start
+        return None if done >= count else f"{done} of {count} commands were answered"
+
+    try:
+        return _run(sim, CATCH_UP, sim.setup.liveness_ms, answered)
+    finally:
+        sim.issuing = False
+        load.think_time = think_time

@@ -13,7 +13,7 @@ publishing).
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -112,8 +112,10 @@ class Simulator:
         self._saved = False
         # Whether the server being run became leader in this step, and crashes for it.
         self._elected = self._deposed = False
-        # Messages servers published to servers (lost ones included).
+        # Messages servers published to servers (lost ones included), in all and per
+        # (sender, destination).
         self.server_messages = 0
+        self.link_messages: Counter[tuple[str, str]] = Counter()
         self._fault = 0
         # Virtual ms by which messages published during this step are delayed.
         self.delay = 0
@@ -509,6 +511,7 @@ class Simulator:
             sent[(role, KIND_OF[type(envelope.message)])] += 1
             if envelope.to in servers:
                 self.server_messages += 1
+                self.link_messages[envelope.sender, envelope.to] += 1
             self.enqueue(envelope)
 
     def enqueue(self, envelope: Envelope) -> None:
@@ -675,6 +678,11 @@ class Simulator:
         if self.violation is None:
             self.violation = Violation(prop, message, self.step_no)
             self.tracer.note(f"VIOLATION {prop}: {message}")
+
+    def snapshot_chars(self, server: str) -> int:
+        """The size of the snapshot the store holds for `server` (0 if none)."""
+        stored = self.store.inner.load(server)
+        return 0 if stored is None or stored.snapshot is None else len(stored.snapshot.data)
 
     def role_of(self, server: str) -> str:
         role: str = self.views[server].state.get("role", "follower")
