@@ -5,7 +5,7 @@ default portfolio within a few schedules (every fourth is fair, and only fair on
 from __future__ import annotations
 
 from raft.core.messages import AppendEntries, ChangeMembership, InstallSnapshot, TransferLeadership
-from raft.core.server import RaftServer
+from raft.core.server import RaftServer, Ready
 from raft.core.state import Progress, Role
 from raft.sim.runner import RunOptions, explore
 from raft.sim.schedule import SimSetup
@@ -93,3 +93,17 @@ class SendsSnapshotChunksTwice(RaftServer):
 
 def test_a_leader_that_sends_a_lagging_follower_each_snapshot_chunk_twice_is_reported() -> None:
     assert _violated("SendsSnapshotChunksTwice") == "catch-up"
+
+
+class AnswersReadsAgain(RaftServer):
+    """Hands every confirmed read to the host again on every later `ready`."""
+
+    def ready(self) -> Ready:
+        answered = list(self._confirmed)
+        out = super().ready()
+        self._confirmed = answered + self._confirmed
+        return out
+
+
+def test_a_leader_that_answers_a_read_more_than_once_is_reported() -> None:
+    assert _violated("AnswersReadsAgain") == "cost"

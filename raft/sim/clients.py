@@ -9,7 +9,7 @@ schedule (`Choices`), so a replay reissues exactly the same operations.
 from __future__ import annotations
 
 import json
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -57,6 +57,12 @@ class SimClient:
         self.active = True
         # Virtual ms between an answer and the next operation.
         self.think_time = THINK_TIME
+        # Requests sent (retries included), and responses received of any status, by seq.
+        self.requests = 0
+        self.responses: Counter[int] = Counter()
+        # Operations in turn (every kind on every key) instead of as the choices say: the
+        # load at rest, whose fair choices would always say the first kind and key.
+        self.rotate = False
 
     def on_timer(self, now: int, choices: Choices, issuing: bool) -> Operation | None:
         """The client's timer fired: issue the next operation (returned, for the history) or
@@ -90,8 +96,12 @@ class SimClient:
                 command.get("value"),
                 command.get("expected"),
             )
-        op = OPS[choices.below(len(OPS))]
-        key = self.keys[choices.below(len(self.keys))]
+        if self.rotate:
+            op = OPS[self.seq % len(OPS)]
+            key = self.keys[self.seq // len(OPS) % len(self.keys)]
+        else:
+            op = OPS[choices.below(len(OPS))]
+            key = self.keys[choices.below(len(self.keys))]
         value = f"{self.id}.{self.seq}" if op in ("put", "cas") else None
         expected = self.last_seen.get(key) if op == "cas" else None
         return Operation(self.id, self.seq, op, key, value, expected)
@@ -109,11 +119,13 @@ class SimClient:
         assert op is not None
         to = self.hint or self.servers[self.target]
         self.send(Envelope(self.id, to, ClientRequest(self.id, op.seq, self.command(op), self.id)))
+        self.requests += 1
         self.timer.time = now + self.timeout
         self.active = True
 
     def on_response(self, m: ClientResponse, now: int, stamp: int) -> Operation | None:
         """A response arrived; returns the operation it completed, if any."""
+        self.responses[m.seq] += 1
         op = self.current
         if m.status is ClientStatus.OK:
             if op is None or m.seq != op.seq:

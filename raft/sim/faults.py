@@ -37,6 +37,9 @@ class Fault(StrEnum):
     MEMBERSHIP = "membership_change"
     # A server's clock jumps (function instances run on machines whose clocks disagree).
     SKEW = "clock_skew"
+    # A delivery handed to the server's trigger with the other messages due for it, in one
+    # handler call (a Service Bus batch).
+    BATCH = "batch"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +61,7 @@ class FaultPlan:
     membership: float = 0.0
     # Per election won, not per step.
     crash_new_leader: float = 0.0
+    batch: float = 0.0
 
     @classmethod
     def default(cls) -> FaultPlan:
@@ -74,6 +78,7 @@ class FaultPlan:
             transfer=0.005,
             membership=0.005,
             crash_new_leader=0.25,
+            batch=0.05,
         )
 
     @classmethod
@@ -93,4 +98,5 @@ class FaultPlan:
 
     @classmethod
     def from_json(cls, doc: dict[str, float]) -> FaultPlan:
+        """A plan as `to_json` wrote it; a kind an older trace does not name is off."""
         return cls(**doc)

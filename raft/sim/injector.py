@@ -4,11 +4,11 @@ partition).
 
 Faults of the cluster's shape (crash, partition, clock jump, an instance replaced by a cold
 one, an operator's request to transfer leadership) are carried out on the simulator at once;
-the others (drop, duplicate, delay, racing instance, crash after the save) are returned, and
-apply to the event the strategy chooses next. A crash or a partition lasts a virtual
-duration drawn when it starts: some end before anyone notices, some outlast an election (the
-time an old leader, cut off but alive, goes on believing it leads); ended at a step boundary
-once the time has passed.
+the others (drop, duplicate, delay, racing instance, crash after the save, a batch) are
+returned, and apply to the event the strategy chooses next. A crash or a partition lasts a
+virtual duration drawn when it starts: some end before anyone notices, some outlast an
+election (the time an old leader, cut off but alive, goes on believing it leads); ended at a
+step boundary once the time has passed.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ from raft.sim.tracer import Tracer
     COLD,
     TRANSFER,
     MEMBERSHIP,
-) = range(1, 12)
+    BATCH,
+) = range(1, 13)
 # A clock jump sets a server's offset from virtual time to one of these (ms). Raft's safety
 # must not depend on clocks; skew makes timeouts fire early or late, as Coyote's
 # nondeterministic timers do.
@@ -107,6 +108,7 @@ class FaultInjector:
                 p.cold,
                 p.transfer,
                 p.membership,
+                p.batch,
             )
         return rates
 

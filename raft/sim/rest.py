@@ -146,10 +146,11 @@ def steady_load(sim: Simulator) -> bool:
     heartbeats = _heartbeats(sim, leader)
     load = sim.clients[0]
     load.think_time = sim.config.heartbeat_interval
+    load.rotate = True
     sim.issuing = True
     sim.wake(load)
     commit = sim.views[leader].state["commit_index"]
-    answered = len(load.done)
+    answered, requests, seq = len(load.done), load.requests, load.seq
     end = sim.now + window
     while sim.violation is None and sim.next_time() <= end:
         sim.step()
@@ -164,9 +165,22 @@ def steady_load(sim: Simulator) -> bool:
     problem = stability.at_end(sim.server_messages, rounds)
     if problem:
         sim.violate(stability.cost, problem)
+    elif problem := _answered_once(load, seq, requests):
+        sim.violate(stability.cost, problem)
     elif problem := _following(sim, leader):
         sim.violate(FOLLOWERS, problem)
     return sim.violation is None
+
+
+def _answered_once(client: SimClient, seq: int, requests: int) -> str | None:
+    """On a perfect network each request `client` sent after its request `seq` (and after
+    it had sent `requests`) is answered once: a leader answering again (a read it answers
+    on every later step, say) costs as much as it does to send."""
+    answers = sum(n for s, n in client.responses.items() if s > seq)
+    sent = client.requests - requests
+    if answers > sent:
+        return f"{client.id} got {answers} responses to its {sent} requests on a perfect network"
+    return None
 
 
 def _following(sim: Simulator, leader: str) -> str | None:
@@ -305,7 +319,10 @@ def quiet(sim: Simulator) -> None:
     stable, heartbeats = _stable(sim, leader), _heartbeats(sim, leader)
 
     def check() -> str | None:
-        return stable() or heartbeats()
+        problem = heartbeats()
+        if problem:
+            sim.violate(HEARTBEATS, problem)
+        return stable()
 
     if not _run_for(sim, QUIET, window, check):
         return
@@ -496,10 +513,11 @@ def catch_up(sim: Simulator) -> None:
 
 
 def _commands(sim: Simulator, count: int) -> bool:
-    """The load client's next `count` commands, back to back, all answered."""
+    """The load client's next `count` commands, puts (each an entry), back to back, all
+    answered."""
     load = sim.clients[0]
-    start, think_time = len(load.done), load.think_time
-    load.think_time = 1
+    start, think_time, rotate = len(load.done), load.think_time, load.rotate
+    load.think_time, load.rotate = 1, False
     sim.issuing = True
     sim.wake(load)
 
@@ -511,4 +529,4 @@ def _commands(sim: Simulator, count: int) -> bool:
         return _run(sim, CATCH_UP, sim.setup.liveness_ms, answered)
     finally:
         sim.issuing = False
-        load.think_time = think_time
+        load.think_time, load.rotate = think_time, rotate

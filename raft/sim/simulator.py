@@ -28,7 +28,7 @@ from raft.node.handler import NodeOptions
 from raft.sim.clients import ClientProtocolError, SimClient
 from raft.sim.coverage import Coverage
 from raft.sim.faults import Fault, FaultPlan
-from raft.sim.injector import CRASH_AFTER_SAVE, DROP, DUPLICATE, RACE, FaultInjector
+from raft.sim.injector import BATCH, CRASH_AFTER_SAVE, DROP, DUPLICATE, RACE, FaultInjector
 from raft.sim.instances import Instances
 from raft.sim.linearizability import Operation
 from raft.sim.monitors import (
@@ -64,6 +64,9 @@ MESSAGE_TYPES: tuple[type, ...] = tuple(KIND_OF)
 # 6-12 s; here a third of the minimum election timeout). Without it a server would only tick
 # at a deadline it stored, and a deadline wrongly far ahead would never be found out.
 TIMER_PERIOD = 50
+# Messages handed to a server in one handler call, at most, when a batch fault takes the
+# other messages due for it (Service Bus hands a trigger up to maxMessageBatchSize).
+MAX_BATCH = 8
 
 
 class Simulator:
@@ -380,14 +383,33 @@ class Simulator:
         if client is not None:
             self._client_response(client, envelope)
             return
-        kind = KIND_OF[type(envelope.message)]
-        self.coverage.received[(self.role_of(item.target), kind)] += 1
-        self._run_server(item.target, envelope)
+        batch = (envelope, *self._batch_with(item)) if fault == BATCH else (envelope,)
+        role, received = self.role_of(item.target), self.coverage.received
+        for message in batch:
+            received[(role, KIND_OF[type(message.message)])] += 1
+        self._run_server(item.target, batch)
 
-    def _run_server(self, server: str, envelope: Envelope | None) -> None:
+    def _batch_with(self, item: Pending) -> list[Envelope]:
+        """The other messages due for `item`'s server, oldest first, taken out of the network
+        to go with it in one handler call (a batch of one if there are none)."""
+        due = sorted(
+            (p for p in self.network.inflight if p.target == item.target and p.time <= self.now),
+            key=lambda p: (p.time, p.seq),
+        )[: MAX_BATCH - 1]
+        if not due:
+            return []
+        self.coverage.faults[Fault.BATCH] += 1
+        for p in due:
+            self.network.inflight.remove(p)
+        self.tracer.batch(due)
+        self.tracer.note(f"{len(due) + 1} messages handed to {item.target} in one batch")
+        return [p.envelope for p in due if p.envelope is not None]
+
+    def _run_server(self, server: str, batch: tuple[Envelope, ...] | None) -> None:
+        """Run the server's handler on a batch of messages, or its timer (None)."""
         fault = self._fault
         crash = fault == CRASH_AFTER_SAVE
-        if envelope is None:
+        if batch is None:
             handler = self.instances.for_tick(server)
             self._jumped.discard(server)
             self._ticked[server] = self.now
@@ -404,10 +426,10 @@ class Simulator:
         if self.tracing:
             loads, conflicts = self.store.loads, self.store.inner.conflicts
         try:
-            if envelope is None:
+            if batch is None:
                 handler.tick(local_now)
             else:
-                handler.handle((envelope,), local_now)
+                handler.handle(batch, local_now)
         except Exception as exc:  # the server under test failed: that is a finding
             self.violate("handler-exception", f"{server}: {type(exc).__name__}: {exc}")
         finally:
@@ -417,7 +439,7 @@ class Simulator:
                 self.tracer.note("its save conflicted: another instance had saved")
             if self.store.loads != loads:
                 self.tracer.note("its handler loaded the stored state (cache cold or stale)")
-        if envelope is None and server in self.timers and not self._saved:
+        if batch is None and server in self.timers and not self._saved:
             # Nothing was due after all (or nothing changed): the next periodic tick.
             self._rearm(server, self.views[server].state)
         if crash:
@@ -435,7 +457,7 @@ class Simulator:
         """Hand `envelope` to the server's trigger instance at once, outside any step (the
         scenario API's `start`)."""
         self._fault = 0
-        self._run_server(server, envelope)
+        self._run_server(server, (envelope,))
 
     def code(self, kind: int, target: str, sender: str = "", message: type | None = None) -> int:
         """The event's identity as a positive int (see `Pending.code`)."""

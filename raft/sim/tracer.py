@@ -36,18 +36,13 @@ class Tracer:
 
     def message(self, kind: str, item: Pending) -> None:
         """A delivery or a drop of `item`."""
-        if not self.enabled:
-            return
-        envelope = item.envelope
-        assert envelope is not None
-        self._event = {
-            "type": kind,
-            "kind": KIND_OF[type(envelope.message)],
-            "from": envelope.sender,
-            "to": envelope.to,
-            "sent": item.sent_step,
-            "body": to_json_value(envelope.message),
-        }
+        if self.enabled:
+            self._event = {"type": kind, **_described(item)}
+
+    def batch(self, items: list[Pending]) -> None:
+        """Messages delivered with this step's one, in the same handler call."""
+        if self.enabled:
+            self._event["batch"] = [_described(item) for item in items]
 
     def finish_step(self, step: int, now: int, partition: str, servers: ServerRows) -> None:
         self.steps.append(
@@ -61,3 +56,15 @@ class Tracer:
             }
         )
         self._notes = []
+
+
+def _described(item: Pending) -> dict[str, Any]:
+    envelope = item.envelope
+    assert envelope is not None
+    return {
+        "kind": KIND_OF[type(envelope.message)],
+        "from": envelope.sender,
+        "to": envelope.to,
+        "sent": item.sent_step,
+        "body": to_json_value(envelope.message),
+    }
