@@ -20,19 +20,19 @@ from raft.sim.variants import VARIANTS
 # variant -> (servers, max steps, schedules budget); found today at the noted schedule.
 # (5, 200, 100) is the default `python -m raft test`.
 BUDGETS: dict[str, tuple[int, int, int]] = {
-    "duplicate-votes": (5, 200, 1000),  # schedule 464
-    "no-up-to-date-check": (5, 200, 200),  # schedule 43
-    "figure-8": (5, 200, 1000),  # schedule 247
-    "vote-not-persisted": (5, 200, 100),  # schedule 29
-    "truncate-on-append": (5, 200, 100),  # schedule 1
+    "duplicate-votes": (5, 200, 200),  # schedule 74
+    "no-up-to-date-check": (5, 200, 100),  # schedule 15
+    "figure-8": (5, 200, 1000),  # schedule 495
+    "vote-not-persisted": (5, 200, 100),  # schedule 5
+    "truncate-on-append": (5, 200, 100),  # schedule 4
     "no-step-down": (5, 200, 100),  # schedule 2
     "commit-before-majority": (5, 200, 100),  # schedule 1
-    "unconfirmed-reads": (5, 300, 1000),  # schedule 347
+    "unconfirmed-reads": (5, 200, 100),  # schedule 3
     "trusts-leader-commit": (5, 200, 100),  # schedule 3
     "stale-cache-steps": (5, 200, 100),  # schedule 3
     "follower-never-commits": (5, 200, 100),  # schedule 3
     "compacts-past-commit": (5, 200, 100),  # schedule 11
-    "blind-snapshot-chunks": (5, 200, 1000),  # schedule 479
+    "blind-snapshot-chunks": (5, 200, 1000),  # schedule 775
 }
 
 

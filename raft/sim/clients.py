@@ -63,6 +63,8 @@ class SimClient:
         # Operations in turn (every kind on every key) instead of as the choices say: the
         # load at rest, whose fair choices would always say the first kind and key.
         self.rotate = False
+        # A server every new operation goes to first, instead of one the choices name.
+        self.prefer = ""
 
     def on_timer(self, now: int, choices: Choices, issuing: bool) -> Operation | None:
         """The client's timer fired: issue the next operation (returned, for the history) or
@@ -81,7 +83,10 @@ class SimClient:
         # any instance: not only to the leader the last answer named, which may since have
         # been deposed without knowing it (followers forward to the leader they know).
         self.hint = ""
-        self.target = choices.below(len(self.servers))
+        if self.prefer:
+            self.target = self.servers.index(self.prefer)
+        else:
+            self.target = choices.below(len(self.servers))
         self._send(now)
         return self.current
 
